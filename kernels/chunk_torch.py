@@ -1,0 +1,86 @@
+"""Chunk-parallel PyTorch scans (the CPU path, differentiable by autograd).
+
+Within a chunk of C tokens the delta updates are solved in closed form (the WY/UT
+form): with A = tril(diag(c) K K^T, -1), the per-token "new values" are
+U = (I + A)^{-1} (diag(beta) V - diag(c) K S_0), the outputs O = Q S_0 + tril(Q K^T) U
+and the next state S_C = S_0 + K^T U. Across chunks one short loop carries S.
+The sum rule is the special case c = 0, beta = 1 (U = V).
+"""
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .state import acc_dtype
+
+
+def _to_chunks(x: torch.Tensor, C: int) -> torch.Tensor:
+    """[T, B, H, *D] -> [B, H, N, C, *D] in the accumulation dtype, zero-padding T to N*C.
+
+    Zero-padded keys and strengths are no-op updates, so the final state is exact."""
+    T = x.shape[0]
+    pad = (-T) % C
+    x = x.to(acc_dtype(x.dtype))
+    if pad:
+        x = torch.cat([x, x.new_zeros((pad,) + x.shape[1:])], 0)
+    x = x.reshape((x.shape[0] // C, C) + x.shape[1:])  # N, C, B, H, *D
+    return x.permute(2, 3, 0, 1, *range(4, x.dim()))
+
+
+def _from_chunks(o: torch.Tensor, T: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B, H, N, C, V] -> [T, B, H, V]."""
+    B, H, N, C, V = o.shape
+    return o.permute(2, 3, 0, 1, 4).reshape(N * C, B, H, V)[:T].to(dtype)
+
+
+def chunk_linear_attn_torch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    initial_state: Optional[torch.Tensor] = None,
+    chunk_size: int = 64,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Causal sum-rule scan. Returns (o [T,B,H,V] in v's dtype, final S [B,H,K,V] float32)."""
+    T, B, H, K = q.shape
+    V = v.shape[-1]
+    Q, Kc, Vc = (_to_chunks(x, chunk_size) for x in (q, k, v))
+    S = Q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(Q.dtype)
+    qk = torch.tril(Q @ Kc.transpose(-1, -2))  # [B,H,N,C,C], inclusive diagonal
+    outs = []
+    for n in range(Q.shape[2]):
+        outs.append(Q[:, :, n] @ S + qk[:, :, n] @ Vc[:, :, n])
+        S = S + Kc[:, :, n].transpose(-1, -2) @ Vc[:, :, n]
+    return _from_chunks(torch.stack(outs, 2), T, v.dtype), S
+
+
+def chunk_delta_rule_torch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    erase: Optional[torch.Tensor] = None,
+    initial_state: Optional[torch.Tensor] = None,
+    chunk_size: int = 64,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Causal delta-rule scan with write strength beta and erase strength c (= beta if None)."""
+    T, B, H, K = q.shape
+    V = v.shape[-1]
+    C = chunk_size
+    Q, Kc, Vc = (_to_chunks(x, C) for x in (q, k, v))
+    b = _to_chunks(beta, C).unsqueeze(-1)  # [B,H,N,C,1]
+    c = b if erase is None else _to_chunks(erase, C).unsqueeze(-1)
+    S = Q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(Q.dtype)
+    kk = Kc @ Kc.transpose(-1, -2)
+    eye = torch.eye(C, dtype=Q.dtype, device=Q.device)
+    M = eye + torch.tril(c * kk, -1)  # I + A, unit lower triangular
+    rhs = torch.cat([b * Vc, c * Kc], -1)
+    X = torch.linalg.solve_triangular(M, rhs, upper=False, unitriangular=True)
+    U0, Wk = X[..., :V], X[..., V:]  # U = U0 - Wk S_0
+    qk = torch.tril(Q @ Kc.transpose(-1, -2))
+    outs = []
+    for n in range(Q.shape[2]):
+        U = U0[:, :, n] - Wk[:, :, n] @ S
+        outs.append(Q[:, :, n] @ S + qk[:, :, n] @ U)
+        S = S + Kc[:, :, n].transpose(-1, -2) @ U
+    return _from_chunks(torch.stack(outs, 2), T, v.dtype), S

@@ -1,0 +1,161 @@
+"""One entry point for every fast weight scan: checks inputs, applies the attention
+normalisation around an un-normalised core scan, and picks the implementation.
+
+Implementations (``impl``):
+  * ``"recurrent"`` - the step-by-step reference (:mod:`fwp_kernels.reference`); used for
+    decoding steps (T = 1) and as ground truth.
+  * ``"chunk"``     - chunk-parallel PyTorch (:mod:`fwp_kernels.chunk_torch`); the CPU path.
+  * ``"triton"``    - chunk-parallel Triton kernels (CUDA only), registered by
+    :func:`register_impl`.
+  * ``"auto"``      - ``"recurrent"`` for T = 1, else ``"triton"`` on CUDA when registered and
+    importable, else ``"chunk"``.
+
+A core implementation provides ``linear_attn(q, k, v, S0) -> (o, S)`` and
+``delta_rule(q, k, v, beta, erase, S0) -> (o, S)`` on un-normalised inputs.
+"""
+
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
+
+import torch
+
+from .reference import recurrent_fast_weight
+from .state import EPS, FastWeightState, acc_dtype
+
+__all__ = ["FastWeightState", "fast_weight_scan", "register_impl", "available_impls"]
+
+
+class CoreImpl(NamedTuple):
+    linear_attn: Callable
+    delta_rule: Callable
+    supports: Callable[[torch.Tensor], bool]
+
+
+def _torch_core() -> CoreImpl:
+    from .chunk_torch import chunk_delta_rule_torch, chunk_linear_attn_torch
+
+    return CoreImpl(
+        linear_attn=lambda q, k, v, S0: chunk_linear_attn_torch(q, k, v, S0),
+        delta_rule=lambda q, k, v, b, c, S0: chunk_delta_rule_torch(q, k, v, b, c, S0),
+        supports=lambda x: True,
+    )
+
+
+_LOADERS: Dict[str, Callable[[], CoreImpl]] = {"chunk": _torch_core}
+_LOADED: Dict[str, CoreImpl] = {}
+
+
+def register_impl(name: str, loader: Callable[[], CoreImpl]) -> None:
+    """Register a lazily-imported core implementation (e.g. the Triton kernels)."""
+    _LOADERS[name] = loader
+    _LOADED.pop(name, None)
+
+
+def available_impls():
+    return ["auto", "recurrent"] + sorted(_LOADERS)
+
+
+def _core(name: str) -> CoreImpl:
+    if name not in _LOADED:
+        _LOADED[name] = _LOADERS[name]()
+    return _LOADED[name]
+
+
+def _auto_impl(q: torch.Tensor) -> str:
+    if q.shape[0] == 1:
+        return "recurrent"
+    if q.is_cuda and "triton" in _LOADERS:
+        try:
+            if _core("triton").supports(q):
+                return "triton"
+        except ImportError:
+            pass
+    return "chunk"
+
+
+def _check(q, k, v, beta, rule, initial_state):
+    if rule not in ("sum", "delta"):
+        raise ValueError(f"rule must be 'sum' or 'delta', got {rule!r}")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be [T, B, H, D] (time-major), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device} but q is on {q.device}")
+    if q.shape != k.shape:
+        raise ValueError(f"q and k must have the same shape [T, B, H, d_dot], got {tuple(q.shape)} and {tuple(k.shape)}")
+    if v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v must be [T, B, H, d_value] matching q's [T, B, H] = {tuple(q.shape[:3])}, got {tuple(v.shape)}")
+    if rule == "delta":
+        if beta is None:
+            raise ValueError("beta ([T, B, H] write strengths) is required for rule='delta'")
+        if beta.shape != q.shape[:3]:
+            raise ValueError(f"beta must be [T, B, H] = {tuple(q.shape[:3])}, got {tuple(beta.shape)}")
+    if initial_state is not None:
+        T, B, H, K = q.shape
+        want = (B, H, K, v.shape[-1])
+        if tuple(initial_state.S.shape) != want:
+            raise ValueError(f"initial_state.S must be [B, H, d_dot, d_value] = {want}, got {tuple(initial_state.S.shape)}")
+        if initial_state.z is not None and tuple(initial_state.z.shape) != want[:3]:
+            raise ValueError(f"initial_state.z must be [B, H, d_dot] = {want[:3]}, got {tuple(initial_state.z.shape)}")
+
+
+def fast_weight_scan(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: Optional[torch.Tensor] = None,
+    *,
+    rule: str = "sum",
+    attn_norm: bool = False,
+    initial_state: Optional[FastWeightState] = None,
+    output_final_state: bool = False,
+    impl: str = "auto",
+) -> Tuple[torch.Tensor, Optional[FastWeightState]]:
+    """Causal fast weight scan over phi(q), phi(k) ``[T,B,H,d_dot]`` and v ``[T,B,H,d_value]``.
+
+    rule="sum": linear attention (Eq. 17-19); rule="delta": delta rule with write
+    strength ``beta`` ``[T,B,H]`` (Eq. 20-25). ``attn_norm`` divides every read by
+    ``z . phi(q)`` (Eq. 19/28) and, for the delta rule, the retrieved value by
+    ``z . phi(k)`` (Eq. 26), which is the same recurrence with erase strength
+    ``c_i = beta_i / (z_{i-1} . phi(k_i))``. Returns ``(out [T,B,H,d_value], state or None)``.
+    """
+    _check(q, k, v, beta, rule, initial_state)
+    if impl == "auto":
+        impl = _auto_impl(q)
+    if impl == "recurrent":
+        return recurrent_fast_weight(
+            q, k, v, beta, rule=rule, attn_norm=attn_norm,
+            initial_state=initial_state, output_final_state=output_final_state,
+        )
+    if impl not in _LOADERS:
+        raise ValueError(f"impl must be one of {available_impls()}, got {impl!r}")
+    core = _core(impl)
+
+    S0 = None if initial_state is None else initial_state.S
+    z_incl = None
+    erase = None
+    if attn_norm:
+        dt = acc_dtype(q.dtype)
+        kf = k.to(dt)
+        z_incl = torch.cumsum(kf, 0)  # z_i (Eq. 18), [T,B,H,K]
+        if initial_state is not None and initial_state.z is not None:
+            z_incl = z_incl + initial_state.z.to(dt)
+        if rule == "delta":
+            z_prev = z_incl - kf
+            erase = beta.to(dt) / ((z_prev * kf).sum(-1) + EPS)  # c_i of Eq. 26-27
+    if rule == "sum":
+        out, S = core.linear_attn(q, k, v, S0)
+    else:
+        out, S = core.delta_rule(q, k, v, beta, erase, S0)
+    if attn_norm:
+        denom = (z_incl * q.to(z_incl.dtype)).sum(-1, keepdim=True) + EPS  # Eq. 19/28
+        out = (out.to(z_incl.dtype) / denom).to(v.dtype)
+    final = None
+    if output_final_state:
+        if attn_norm:
+            z_final = z_incl[-1] if q.shape[0] else initial_state.z
+        else:
+            z_final = None
+        final = FastWeightState(S, z_final)
+    return out, final
