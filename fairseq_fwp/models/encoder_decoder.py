@@ -1,0 +1,87 @@
+"""fairseq Transformer encoder and decoder built from fast weight layers."""
+
+from contextlib import contextmanager
+from typing import Any, Dict, List, Optional
+
+from torch import Tensor
+
+from fairseq.models.transformer import TransformerDecoderBase, TransformerEncoderBase
+
+from ..config import FwpAttentionConfig
+from ..modules.fast_weight_attention import FastWeightAttention
+from ..modules.layers import FwpTransformerDecoderLayer, FwpTransformerEncoderLayer, wrap_layer
+
+
+class FwpTransformerEncoder(TransformerEncoderBase):
+    def __init__(self, cfg, fwp: FwpAttentionConfig, dictionary, embed_tokens, return_fc=False):
+        self.fwp = fwp
+        super().__init__(cfg, dictionary, embed_tokens, return_fc=return_fc)
+
+    def build_encoder_layer(self, cfg):
+        return wrap_layer(FwpTransformerEncoderLayer(cfg, self.fwp, return_fc=self.return_fc), cfg)
+
+
+class FwpTransformerDecoder(TransformerDecoderBase):
+    """TransformerDecoder with fast weight layers and an optional carried fast weight state.
+
+    ``forward(..., fast_weight_state=d)`` starts every fast weight self-attention from the
+    state stored in the dict ``d`` (empty dict = zero state) and leaves the final state
+    in ``d``: this is how a language model carries fast weights from one training or
+    evaluation segment to the next (call :func:`detach_fast_weight_state` between
+    segments to truncate backpropagation). ``incremental_state`` works as in fairseq.
+    """
+
+    def __init__(self, cfg, fwp: FwpAttentionConfig, dictionary, embed_tokens, no_encoder_attn=False, output_projection=None):
+        self.fwp = fwp
+        super().__init__(cfg, dictionary, embed_tokens, no_encoder_attn=no_encoder_attn, output_projection=output_projection)
+
+    def build_decoder_layer(self, cfg, no_encoder_attn=False):
+        return wrap_layer(FwpTransformerDecoderLayer(cfg, self.fwp, no_encoder_attn=no_encoder_attn), cfg)
+
+    def fast_weight_modules(self) -> List[FastWeightAttention]:
+        return [m for m in self.modules() if isinstance(m, FastWeightAttention) and m.self_attention]
+
+    @contextmanager
+    def carry_state(self, fast_weight_state: Dict[str, Dict[str, Optional[Tensor]]]):
+        """Bind ``fast_weight_state`` as the state carrier of every causal fast weight layer."""
+        modules = self.fast_weight_modules()
+        for m in modules:
+            m.carry = fast_weight_state
+        try:
+            yield
+        finally:
+            for m in modules:
+                m.carry = None
+
+    def forward(
+        self,
+        prev_output_tokens,
+        encoder_out: Optional[Dict[str, List[Tensor]]] = None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        features_only: bool = False,
+        full_context_alignment: bool = False,
+        alignment_layer: Optional[int] = None,
+        alignment_heads: Optional[int] = None,
+        src_lengths: Optional[Any] = None,
+        return_all_hiddens: bool = False,
+        fast_weight_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+    ):
+        kwargs = dict(
+            encoder_out=encoder_out, incremental_state=incremental_state, features_only=features_only,
+            full_context_alignment=full_context_alignment, alignment_layer=alignment_layer,
+            alignment_heads=alignment_heads, src_lengths=src_lengths, return_all_hiddens=return_all_hiddens,
+        )
+        if fast_weight_state is None:
+            return super().forward(prev_output_tokens, **kwargs)
+        if incremental_state is not None:
+            raise ValueError("pass either incremental_state (step-by-step decoding) or fast_weight_state, not both")
+        with self.carry_state(fast_weight_state):
+            return super().forward(prev_output_tokens, **kwargs)
+
+
+def detach_fast_weight_state(fast_weight_state: Dict[str, Dict[str, Optional[Tensor]]]) -> None:
+    """Cut the carried state from the autograd graph in place (truncated BPTT between segments)."""
+    for buf in fast_weight_state.values():
+        for name, t in list(buf.items()):
+            if t is not None:
+                buf[name] = t.detach()

@@ -1,0 +1,121 @@
+"""Decoder-only language model with fast weight attention (paper Sec. 6.3, WikiText-103)."""
+
+from dataclasses import dataclass
+
+from fairseq import options
+from fairseq.models import ARCH_CONFIG_REGISTRY, register_model, register_model_architecture
+from fairseq.models.transformer import TransformerConfig
+from fairseq.models.transformer_lm import (
+    DEFAULT_MAX_TARGET_POSITIONS,
+    TransformerLanguageModel,
+    TransformerLanguageModelConfig,
+    base_lm_architecture,
+)
+from fairseq.modules import AdaptiveInput
+from fairseq.utils import safe_getattr
+
+from ..config import FwpAttentionConfig
+from .encoder_decoder import FwpTransformerDecoder
+
+
+@dataclass
+class FwpLanguageModelConfig(TransformerLanguageModelConfig, FwpAttentionConfig):
+    pass
+
+
+def _check_cutoffs(flag: str, cutoffs, vocab_size: int):
+    if cutoffs and max(cutoffs) >= vocab_size:
+        raise ValueError(
+            f"{flag} {','.join(map(str, cutoffs))} needs every cutoff below the vocabulary size "
+            f"{vocab_size}; pass smaller cutoffs (e.g. {flag} {vocab_size // 4},{vocab_size // 2})"
+        )
+
+
+@register_model("fwp_lm", dataclass=FwpLanguageModelConfig)
+class FwpLanguageModel(TransformerLanguageModel):
+    """Transformer LM whose self-attention is causal fast weight attention.
+
+    ``--arch fwp_lm`` takes fairseq's transformer_lm defaults (the dataclass);
+    ``fwp_lm_wt103_small`` / ``fwp_lm_wt103_medium`` are the paper's models.
+
+    ``model(src_tokens, fast_weight_state=d)`` carries the fast weights in dict ``d``
+    across calls (see :class:`FwpTransformerDecoder`)."""
+
+    @classmethod
+    def build_model(cls, args, task):
+        fwp = FwpAttentionConfig.from_args(args)
+        if args.decoder_layers_to_keep:
+            args.decoder_layers = len(args.decoder_layers_to_keep.split(","))
+        if safe_getattr(args, "max_target_positions", None) is None:
+            args.max_target_positions = safe_getattr(args, "tokens_per_sample", DEFAULT_MAX_TARGET_POSITIONS)
+        if args.character_embeddings:
+            raise ValueError("--character-embeddings is not supported by fwp_lm")
+        vocab = len(task.source_dictionary)
+        if args.adaptive_softmax_cutoff:
+            _check_cutoffs("--adaptive-softmax-cutoff", options.eval_str_list(args.adaptive_softmax_cutoff, type=int), vocab)
+        if args.adaptive_input:
+            cutoffs = options.eval_str_list(args.adaptive_input_cutoff, type=int)
+            _check_cutoffs("--adaptive-input-cutoff", cutoffs, vocab)
+            embed_tokens = AdaptiveInput(
+                vocab, task.source_dictionary.pad(), args.decoder_input_dim, args.adaptive_input_factor,
+                args.decoder_embed_dim, cutoffs, args.quant_noise_pq, args.quant_noise_pq_block_size,
+            )
+        else:
+            embed_tokens = cls.build_embedding(args, task.source_dictionary, args.decoder_input_dim)
+        if args.tie_adaptive_weights:
+            if not args.adaptive_input:
+                raise ValueError("--tie-adaptive-weights needs --adaptive-input")
+            if args.adaptive_input_factor != args.adaptive_softmax_factor or args.adaptive_softmax_cutoff != args.adaptive_input_cutoff:
+                raise ValueError(
+                    "--tie-adaptive-weights needs --adaptive-input-factor/--adaptive-input-cutoff equal to "
+                    "--adaptive-softmax-factor/--adaptive-softmax-cutoff"
+                )
+        cfg = TransformerConfig.from_namespace(args)
+        return cls(FwpTransformerDecoder(cfg, fwp, task.target_dictionary, embed_tokens, no_encoder_attn=True))
+
+
+
+def fwp_lm_base(args):
+    """``--arch fwp_lm``: fairseq's transformer_lm base defaults, with the input/output
+    dims following --decoder-embed-dim (the bare dataclass defaults would fix them at 512)."""
+    base_lm_architecture(args)
+
+
+# register_model(dataclass=...) registered a no-op architecture named "fwp_lm"; give it
+# the base defaults instead (fairseq offers no decorator to replace it).
+ARCH_CONFIG_REGISTRY["fwp_lm"] = fwp_lm_base
+
+
+def _wt103(args, embed_dim: int, tokens_per_sample: int):
+    """The paper's WikiText-103 models (Sec. 6.3, authors' Transformer-XL configs):
+    16 post-LN layers, 8 heads, FFN 2048, ReLU, dropout 0.1, no attention dropout,
+    tied adaptive input/softmax with cutoffs 20k/40k/200k and equal-size clusters."""
+    args.decoder_layers = safe_getattr(args, "decoder_layers", 16)
+    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", embed_dim)
+    args.decoder_attention_heads = safe_getattr(args, "decoder_attention_heads", 8)
+    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", 2048)
+    args.dropout = safe_getattr(args, "dropout", 0.1)
+    args.attention_dropout = safe_getattr(args, "attention_dropout", 0.0)
+    args.activation_fn = safe_getattr(args, "activation_fn", "relu")
+    args.adaptive_input = safe_getattr(args, "adaptive_input", True)
+    args.tie_adaptive_weights = safe_getattr(args, "tie_adaptive_weights", True)
+    args.adaptive_softmax_cutoff = safe_getattr(args, "adaptive_softmax_cutoff", "20000,40000,200000")
+    args.adaptive_input_cutoff = safe_getattr(args, "adaptive_input_cutoff", args.adaptive_softmax_cutoff)
+    args.adaptive_softmax_factor = safe_getattr(args, "adaptive_softmax_factor", 1)
+    args.adaptive_input_factor = safe_getattr(args, "adaptive_input_factor", args.adaptive_softmax_factor)
+    args.tokens_per_sample = safe_getattr(args, "tokens_per_sample", tokens_per_sample)
+    base_lm_architecture(args)
+    args.decoder_normalize_before = False  # post-LN (base_lm_architecture forces pre-LN)
+    args.no_decoder_final_norm = True
+
+
+@register_model_architecture("fwp_lm", "fwp_lm_wt103_small")
+def fwp_lm_wt103_small(args):
+    """16 layers, d_model 128, 8 heads (d_head 16), FFN 2048, post-LN, adaptive softmax."""
+    _wt103(args, 128, 256)
+
+
+@register_model_architecture("fwp_lm", "fwp_lm_wt103_medium")
+def fwp_lm_wt103_medium(args):
+    """16 layers, d_model 256, 8 heads (d_head 32), FFN 2048, post-LN, adaptive softmax."""
+    _wt103(args, 256, 384)

@@ -1,0 +1,253 @@
+"""Multi-head fast weight attention: a drop-in replacement for fairseq's MultiheadAttention.
+
+Per head, keys and queries go through the feature map phi (optionally sum-normalised,
+Eq. 29); values are written into a fast weight S = W^T (d_dot x d_head) with the sum
+rule (Eq. 17) or the delta rule (Eq. 23, write strength beta = sigmoid(W_beta x) from
+the same fused projection as q, k, v); queries read it, optionally attention-normalised
+(Eq. 19 / 28).
+
+Causal form (decoder self-attention, LMs): the query at position i reads the fast
+weight after the write of position i. Incremental decoding keeps only the state
+(S, z) per layer: O(1) memory per token instead of a growing key/value cache.
+
+Non-causal form (encoder self-attention, encoder-decoder attention): the whole key
+sequence is written first, in order, and every query reads the final fast weight.
+For the sum rule this is exactly non-causal linear attention,
+y_i = (sum_j v_j phi(k_j)^T) phi(q_i) [/ (sum_j phi(k_j)) . phi(q_i)].
+For the delta rule it means: the source is programmed into the fast weight token by
+token with the delta rule (later keys may overwrite earlier associations), then read
+by every query. Padded keys are written with phi(k) = 0 and beta = 0, i.e. not at all,
+so left or right padding never changes the result.
+"""
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from fairseq.incremental_decoding_utils import with_incremental_state
+from fwp_kernels import FastWeightState, fast_weight_scan
+from fwp_kernels.state import EPS
+
+from .feature_maps import build_feature_map
+
+
+def _linear(in_dim: int, out_dim: int, gain: float = 1.0) -> nn.Linear:
+    m = nn.Linear(in_dim, out_dim)
+    nn.init.xavier_uniform_(m.weight, gain=gain)
+    nn.init.zeros_(m.bias)
+    return m
+
+
+@with_incremental_state
+class FastWeightAttention(nn.Module):
+    """Fast weight attention with fairseq's MultiheadAttention calling convention."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        kdim: Optional[int] = None,
+        feature_map: str = "linear",
+        update_rule: str = "sum",
+        sum_norm: bool = False,
+        attn_norm: bool = False,
+        dpfp_nu: int = 1,
+        favor_features: int = 64,
+        causal: bool = True,
+        self_attention: bool = True,
+    ):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} must be divisible by the number of attention heads {num_heads}")
+        if update_rule not in ("sum", "delta"):
+            raise ValueError(f"--fwp-update-rule must be sum or delta, got {update_rule!r}")
+        if causal and not self_attention:
+            raise ValueError("a causal fast weight attention must be a self-attention")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.update_rule = update_rule
+        self.sum_norm = sum_norm
+        self.attn_norm = attn_norm
+        self.causal = causal
+        self.self_attention = self_attention
+        self.encoder_decoder_attention = not self_attention
+        self.feature_map = build_feature_map(
+            feature_map, self.head_dim, dpfp_nu=dpfp_nu, favor_features=favor_features
+        )
+        n_beta = num_heads if update_rule == "delta" else 0
+        if self_attention:
+            # one fused projection to q, k, v and beta (Eq. 4 and 21)
+            self.in_proj = _linear(embed_dim, 3 * embed_dim + n_beta, gain=2**-0.5)
+        else:
+            self.q_proj = _linear(embed_dim, embed_dim, gain=2**-0.5)
+            self.kv_proj = _linear(kdim or embed_dim, 2 * embed_dim + n_beta, gain=2**-0.5)
+        self.out_proj = _linear(embed_dim, embed_dim)
+        # a dict bound by FwpTransformerDecoder to carry the state across calls (see carry_state)
+        self.carry: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None
+
+    @property
+    def d_dot(self) -> int:
+        """Size of phi's output (the fast weight is d_dot x d_head per head)."""
+        return self.feature_map.d_dot
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.num_heads}, head_dim={self.head_dim}, rule={self.update_rule}, "
+            f"sum_norm={self.sum_norm}, attn_norm={self.attn_norm}, causal={self.causal}"
+        )
+
+    # ------------------------------------------------------------------ maths
+    def _heads(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim)
+
+    def _phi(self, x: Tensor) -> Tensor:
+        """phi (Sec. 5), sum-normalised when --fwp-sum-norm (Eq. 29); float32."""
+        return self.feature_map.sum_normalized(x) if self.sum_norm else self.feature_map(x)
+
+    def _keys(self, proj: Tensor, key_padding_mask: Optional[Tensor]):
+        """phi(k), v, beta from the fused projection [T, B, 2E(+H)]; padded keys write nothing."""
+        E = self.embed_dim
+        k = self._phi(self._heads(proj[..., :E]))
+        v = self._heads(proj[..., E : 2 * E])
+        beta = torch.sigmoid(proj[..., 2 * E :].float()) if self.update_rule == "delta" else None  # Eq. 21
+        if key_padding_mask is not None and key_padding_mask.any():
+            pad = key_padding_mask.to(torch.bool).t()  # [T, B]
+            k = k.masked_fill(pad[..., None, None], 0.0)
+            v = v.masked_fill(pad[..., None, None], 0.0)
+            if beta is not None:
+                beta = beta.masked_fill(pad[..., None], 0.0)
+        return k, v, beta
+
+    def _write(self, k: Tensor, v: Tensor, beta: Optional[Tensor]) -> FastWeightState:
+        """Program the whole key sequence into a fresh fast weight (non-causal memory)."""
+        if self.update_rule == "sum":
+            S = torch.einsum("tbhk,tbhv->bhkv", k, v.to(k.dtype))  # Eq. 15
+            return FastWeightState(S, k.sum(0) if self.attn_norm else None)  # Eq. 16
+        _, state = fast_weight_scan(
+            k, k, v, beta, rule="delta", attn_norm=self.attn_norm, output_final_state=True
+        )
+        return state
+
+    def _read(self, q: Tensor, state: FastWeightState) -> Tensor:
+        """y_i = S^T phi(q_i) [/ z . phi(q_i)] for every query (Eq. 19 / 28)."""
+        y = torch.einsum("tbhk,bhkv->tbhv", q.to(state.S.dtype), state.S)
+        if self.attn_norm:
+            y = y / (torch.einsum("tbhk,bhk->tbh", q.to(state.z.dtype), state.z).unsqueeze(-1) + EPS)
+        return y
+
+    def fast_weight_forward(
+        self,
+        x: Tensor,
+        key_padding_mask: Optional[Tensor] = None,
+        initial_state: Optional[FastWeightState] = None,
+        output_final_state: bool = False,
+    ) -> Tuple[Tensor, Optional[FastWeightState]]:
+        """Self-attention on x [T, B, E] from an optional initial fast weight state.
+
+        Returns (output [T, B, E], final state or None). Causal: a scan (Eq. 17-28).
+        Non-causal: write all keys (from ``initial_state`` if given), then read.
+        """
+        if self.training:
+            self.feature_map.redraw()
+        T, B, E = x.shape
+        proj = self.in_proj(x)
+        q = self._phi(self._heads(proj[..., :E]))
+        k, v, beta = self._keys(proj[..., E:], key_padding_mask)
+        if initial_state is not None and self.attn_norm and initial_state.z is None:
+            raise ValueError("initial_state.z is required with --fwp-attn-norm")
+        if self.causal or initial_state is not None:
+            out, state = fast_weight_scan(
+                q, k, v, beta, rule=self.update_rule, attn_norm=self.attn_norm,
+                initial_state=initial_state, output_final_state=output_final_state or not self.causal,
+            )
+            if not self.causal:
+                out = self._read(q, state)
+        else:
+            state = self._write(k, v, beta)
+            out = self._read(q, state)
+        out = self.out_proj(out.reshape(T, B, E).to(x.dtype))
+        return out, (state if output_final_state else None)
+
+    # --------------------------------------------------------- fairseq API
+    def forward(
+        self,
+        query: Tensor,
+        key: Optional[Tensor],
+        value: Optional[Tensor],
+        key_padding_mask: Optional[Tensor] = None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        need_weights: bool = True,
+        static_kv: bool = False,
+        attn_mask: Optional[Tensor] = None,
+        before_softmax: bool = False,
+        need_head_weights: bool = False,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        """fairseq MultiheadAttention signature; returns (out [T, B, E], None).
+
+        There are no attention weights to return. ``attn_mask`` is fairseq's causal
+        future mask (or None); causality is a property of this module instead.
+        """
+        if self.self_attention:
+            carrier = incremental_state if incremental_state is not None else self.carry
+            state = self._load_state(carrier) if carrier is not None else None
+            out, state = self.fast_weight_forward(
+                query, key_padding_mask, initial_state=state, output_final_state=carrier is not None
+            )
+            if carrier is not None:
+                self._save_state(carrier, state)
+            return out, None
+        return self._cross_attention(query, key, key_padding_mask, incremental_state), None
+
+    def _cross_attention(self, query, key, key_padding_mask, incremental_state) -> Tensor:
+        """Encoder-decoder attention: memory = the source written once, read by every target query.
+
+        During incremental decoding the memory is computed at the first step and kept in
+        the incremental state, so each later step costs O(d_dot * d_head) per head."""
+        if self.training:
+            self.feature_map.redraw()
+        T, B, E = query.shape
+        memory = self._load_state(incremental_state) if incremental_state is not None else None
+        if memory is None:
+            if key is None:
+                raise ValueError("encoder-decoder fast weight attention needs the encoder output as key")
+            k, v, beta = self._keys(self.kv_proj(key), key_padding_mask)
+            memory = self._write(k, v, beta)
+            if incremental_state is not None:
+                self._save_state(incremental_state, memory)
+        q = self._phi(self._heads(self.q_proj(query)))
+        out = self._read(q, memory)
+        return self.out_proj(out.reshape(T, B, E).to(query.dtype))
+
+    def _load_state(self, carrier) -> Optional[FastWeightState]:
+        buf = self._get_input_buffer(carrier)
+        if "S" not in buf or buf["S"] is None:
+            return None
+        return FastWeightState(buf["S"], buf.get("z"))
+
+    def _save_state(self, carrier, state: FastWeightState) -> None:
+        buf = {"S": state.S}
+        if state.z is not None:
+            buf["z"] = state.z
+        self._set_input_buffer(carrier, buf)
+
+    def _get_input_buffer(self, incremental_state) -> Dict[str, Optional[Tensor]]:
+        result = self.get_incremental_state(incremental_state, "fast_weight_state")
+        return result if result is not None else {}
+
+    def _set_input_buffer(self, incremental_state, buffer: Dict[str, Optional[Tensor]]):
+        return self.set_incremental_state(incremental_state, "fast_weight_state", buffer)
+
+    @torch.jit.export
+    def reorder_incremental_state(self, incremental_state, new_order: Tensor):
+        """Reorder (and shrink) the batch of states for beam search: O(state) per step."""
+        buf = self._get_input_buffer(incremental_state)
+        if buf:
+            for name, t in list(buf.items()):
+                if t is not None:
+                    buf[name] = t.index_select(0, new_order)
+            incremental_state = self._set_input_buffer(incremental_state, buf)
+        return incremental_state
