@@ -1,0 +1,370 @@
+"""Chunked causal linear attention (the sum rule, Eq. 17 and 19 without normalisation).
+
+Maths (per batch b and head h; S = W^T is ``[d_dot, d_value]``)::
+
+    S_t = S_{t-1} + k_t v_t^T          o_t = S_t^T q_t         (S_0 = initial state)
+
+In chunks of C tokens with h_n the state before chunk n (Q, K, V the chunk's rows)::
+
+    O_n     = Q h_n + tril(Q K^T) V         (tril includes the diagonal)
+    h_{n+1} = h_n + K^T V
+
+Forward: one pass over chunks computes every chunk-boundary state h_n (tiles of
+d_dot x d_value are independent, so the pass is parallel over both), then the outputs
+of all chunks in parallel. Backward recomputes h_n, runs one reverse pass for the
+state gradients ``dh_n = dh_{n+1} + Q_n^T dO_n`` (dh_N = gradient of the final state,
+dh_0 = gradient of the initial state), then, in parallel over chunks::
+
+    dQ = dO h_n^T + tril(dO V^T) K        (the first term is the carried-in-state part)
+    dK = triu(V dO^T) Q + V dh_{n+1}^T
+    dV = triu(K Q^T) dO + K dh_{n+1}
+
+Layout: q, k ``[T, B, H, d_dot]``, v ``[T, B, H, d_value]`` time-major, read through
+their strides (non-contiguous views are fine); states ``[B, H, d_dot, d_value]`` float32.
+Nothing per token is stored: backward keeps only the inputs (and the initial state).
+
+:func:`chunk_output_kernel` is shared with the delta rule, whose output has exactly
+this form with V replaced by the chunk's "new values" U.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from ..triton_utils import (
+    check_chunk_size,
+    check_qkv,
+    check_state,
+    device_guard,
+    dot_precision,
+    load_tile,
+    store_tile,
+    strides4,
+    tile_sizes,
+)
+
+# --------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def linear_attn_state_fwd_kernel(
+    k, v, h0, h,
+    T, H, K, V,
+    s_kt, s_kb, s_kh, s_kd,
+    s_vt, s_vb, s_vh, s_vd,
+    NT,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_H0: tl.constexpr, PREC: tl.constexpr,
+):
+    """Grid (B*H, NK, NV): chunk-boundary states h[bh, n] for n = 0..NT (one [BK, BV] tile)."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_k = tl.program_id(1)
+    i_v = tl.program_id(2)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    k_base = k + i_b * s_kb + i_h * s_kh
+    v_base = v + i_b * s_vb + i_h * s_vh
+    h_base = h + i_bh * (NT + 1) * K * V
+    if HAS_H0:
+        b_h = load_tile(h0 + i_bh * K * V, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+    else:
+        b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    for n in range(NT):
+        store_tile(h_base + n * K * V, b_h, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+        b_kT = load_tile(k_base, s_kd, s_kt, i_k * BK, n * C, K, T, BK, C)  # [BK, C]
+        b_v = load_tile(v_base, s_vt, s_vd, n * C, i_v * BV, T, V, C, BV)  # [C, BV]
+        b_h += tl.dot(b_kT, b_v, input_precision=PREC)
+    store_tile(h_base + NT * K * V, b_h, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+
+
+@triton.jit
+def chunk_output_kernel(
+    q, k, u, h, o,
+    T, H, K, V,
+    s_qt, s_qb, s_qh, s_qd,
+    s_kt, s_kb, s_kh, s_kd,
+    s_ut, s_ub, s_uh, s_ud,
+    s_ot, s_ob, s_oh, s_od,
+    NT,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """Grid (B*H, NT, NV): O_n = Q h_n + tril(Q K^T) U for one chunk and one d_value tile."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(1)
+    i_v = tl.program_id(2)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    q_base = q + i_b * s_qb + i_h * s_qh
+    k_base = k + i_b * s_kb + i_h * s_kh
+    h_base = h + (i_bh * (NT + 1) + n) * K * V
+    b_o = tl.zeros([C, BV], dtype=tl.float32)
+    b_s = tl.zeros([C, C], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        b_q = load_tile(q_base, s_qt, s_qd, n * C, i_k * BK, T, K, C, BK)  # [C, BK]
+        b_kT = load_tile(k_base, s_kd, s_kt, i_k * BK, n * C, K, T, BK, C)  # [BK, C]
+        b_h = load_tile(h_base, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+        b_o += tl.dot(b_q, b_h, input_precision=PREC)
+        b_s += tl.dot(b_q, b_kT, input_precision=PREC)
+    rows = tl.arange(0, C)
+    b_s = tl.where(rows[:, None] >= rows[None, :], b_s, 0.0)
+    b_u = load_tile(u + i_b * s_ub + i_h * s_uh, s_ut, s_ud, n * C, i_v * BV, T, V, C, BV)
+    b_o += tl.dot(b_s, b_u, input_precision=PREC)
+    store_tile(o + i_b * s_ob + i_h * s_oh, b_o, s_ot, s_od, n * C, i_v * BV, T, V, C, BV)
+
+
+@triton.jit
+def linear_attn_state_bwd_kernel(
+    q, do, dht, dh,
+    T, H, K, V,
+    s_qt, s_qb, s_qh, s_qd,
+    s_dt, s_db, s_dh, s_dd,
+    NT,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_DHT: tl.constexpr, PREC: tl.constexpr,
+):
+    """Grid (B*H, NK, NV): reverse pass dh_n = dh_{n+1} + Q_n^T dO_n, dh_NT = dht."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_k = tl.program_id(1)
+    i_v = tl.program_id(2)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    q_base = q + i_b * s_qb + i_h * s_qh
+    do_base = do + i_b * s_db + i_h * s_dh
+    dh_base = dh + i_bh * (NT + 1) * K * V
+    if HAS_DHT:
+        b_dh = load_tile(dht + i_bh * K * V, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+    else:
+        b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+    store_tile(dh_base + NT * K * V, b_dh, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+    for i in range(NT):
+        n = NT - 1 - i
+        b_qT = load_tile(q_base, s_qd, s_qt, i_k * BK, n * C, K, T, BK, C)  # [BK, C]
+        b_do = load_tile(do_base, s_dt, s_dd, n * C, i_v * BV, T, V, C, BV)  # [C, BV]
+        b_dh += tl.dot(b_qT, b_do, input_precision=PREC)
+        store_tile(dh_base + n * K * V, b_dh, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+
+
+@triton.jit
+def linear_attn_dqk_kernel(
+    q, k, v, do, h, dh, dq, dk,
+    T, H, K, V,
+    s_qt, s_qb, s_qh, s_qd,
+    s_kt, s_kb, s_kh, s_kd,
+    s_vt, s_vb, s_vh, s_vd,
+    s_dt, s_db, s_dh, s_dd,
+    s_gt, NT,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """Grid (B*H, NT, NK): dQ = dO h_n^T + tril(dO V^T) K ; dK = triu(V dO^T) Q + V dh_{n+1}^T.
+
+    dq and dk are contiguous [T, B, H, K] (time stride s_gt = B*H*K)."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(1)
+    i_k = tl.program_id(2)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    v_base = v + i_b * s_vb + i_h * s_vh
+    do_base = do + i_b * s_db + i_h * s_dh
+    h_base = h + (i_bh * (NT + 1) + n) * K * V
+    dh_base = dh + (i_bh * (NT + 1) + n + 1) * K * V
+    b_dq = tl.zeros([C, BK], dtype=tl.float32)
+    b_dk = tl.zeros([C, BK], dtype=tl.float32)
+    b_a = tl.zeros([C, C], dtype=tl.float32)  # dO V^T
+    b_aT = tl.zeros([C, C], dtype=tl.float32)  # V dO^T
+    for i_v in range(tl.cdiv(V, BV)):
+        b_do = load_tile(do_base, s_dt, s_dd, n * C, i_v * BV, T, V, C, BV)  # [C, BV]
+        b_doT = load_tile(do_base, s_dd, s_dt, i_v * BV, n * C, V, T, BV, C)  # [BV, C]
+        b_v = load_tile(v_base, s_vt, s_vd, n * C, i_v * BV, T, V, C, BV)
+        b_vT = load_tile(v_base, s_vd, s_vt, i_v * BV, n * C, V, T, BV, C)
+        b_hT = load_tile(h_base, 1, V, i_v * BV, i_k * BK, V, K, BV, BK)  # h_n^T [BV, BK]
+        b_dhT = load_tile(dh_base, 1, V, i_v * BV, i_k * BK, V, K, BV, BK)  # dh_{n+1}^T
+        b_dq += tl.dot(b_do, b_hT, input_precision=PREC)
+        b_dk += tl.dot(b_v, b_dhT, input_precision=PREC)
+        b_a += tl.dot(b_do, b_vT, input_precision=PREC)
+        b_aT += tl.dot(b_v, b_doT, input_precision=PREC)
+    rows = tl.arange(0, C)
+    b_a = tl.where(rows[:, None] >= rows[None, :], b_a, 0.0)
+    b_aT = tl.where(rows[:, None] <= rows[None, :], b_aT, 0.0)
+    b_q = load_tile(q + i_b * s_qb + i_h * s_qh, s_qt, s_qd, n * C, i_k * BK, T, K, C, BK)
+    b_k = load_tile(k + i_b * s_kb + i_h * s_kh, s_kt, s_kd, n * C, i_k * BK, T, K, C, BK)
+    b_dq += tl.dot(b_a, b_k, input_precision=PREC)
+    b_dk += tl.dot(b_aT, b_q, input_precision=PREC)
+    store_tile(dq + i_bh * K, b_dq, s_gt, 1, n * C, i_k * BK, T, K, C, BK)
+    store_tile(dk + i_bh * K, b_dk, s_gt, 1, n * C, i_k * BK, T, K, C, BK)
+
+
+@triton.jit
+def linear_attn_dv_kernel(
+    q, k, do, dh, dv,
+    T, H, K, V,
+    s_qt, s_qb, s_qh, s_qd,
+    s_kt, s_kb, s_kh, s_kd,
+    s_dt, s_db, s_dh, s_dd,
+    s_gt, NT,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """Grid (B*H, NT, NV): dV = triu(K Q^T) dO + K dh_{n+1}; dv contiguous [T, B, H, V] (s_gt = B*H*V)."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(1)
+    i_v = tl.program_id(2)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    q_base = q + i_b * s_qb + i_h * s_qh
+    k_base = k + i_b * s_kb + i_h * s_kh
+    dh_base = dh + (i_bh * (NT + 1) + n + 1) * K * V
+    b_dv = tl.zeros([C, BV], dtype=tl.float32)
+    b_sT = tl.zeros([C, C], dtype=tl.float32)  # K Q^T
+    for i_k in range(tl.cdiv(K, BK)):
+        b_k = load_tile(k_base, s_kt, s_kd, n * C, i_k * BK, T, K, C, BK)
+        b_qT = load_tile(q_base, s_qd, s_qt, i_k * BK, n * C, K, T, BK, C)
+        b_dh = load_tile(dh_base, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+        b_dv += tl.dot(b_k, b_dh, input_precision=PREC)
+        b_sT += tl.dot(b_k, b_qT, input_precision=PREC)
+    rows = tl.arange(0, C)
+    b_sT = tl.where(rows[:, None] <= rows[None, :], b_sT, 0.0)
+    b_do = load_tile(do + i_b * s_db + i_h * s_dh, s_dt, s_dd, n * C, i_v * BV, T, V, C, BV)
+    b_dv += tl.dot(b_sT, b_do, input_precision=PREC)
+    store_tile(dv + i_bh * V, b_dv, s_gt, 1, n * C, i_v * BV, T, V, C, BV)
+
+
+# ------------------------------------------------------------------ host wrappers
+
+
+def chunk_states_fwd(k, v, h0, chunk_size):
+    """All chunk-boundary states ``[B*H, N+1, K, V]`` float32 of the sum rule."""
+    T, B, H, K = k.shape
+    V = v.shape[-1]
+    C = chunk_size
+    NT = triton.cdiv(T, C)
+    BK, BV = tile_sizes(K, V)
+    h = torch.empty(B * H, NT + 1, K, V, device=k.device, dtype=torch.float32)
+    grid = (B * H, triton.cdiv(K, BK), triton.cdiv(V, BV))
+    linear_attn_state_fwd_kernel[grid](
+        k, v, h0 if h0 is not None else h, h, T, H, K, V,
+        *strides4(k), *strides4(v), NT,
+        C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, PREC=dot_precision(k.dtype),
+    )
+    return h
+
+
+def chunk_output_fwd(q, k, u, u_strides, h, out_dtype, chunk_size):
+    """O = Q h_n + tril(Q K^T) U per chunk, as a contiguous [T, B, H, V] tensor."""
+    T, B, H, K = q.shape
+    V = h.shape[-1]
+    C = chunk_size
+    NT = triton.cdiv(T, C)
+    BK, BV = tile_sizes(K, V)
+    o = torch.empty(T, B, H, V, device=q.device, dtype=out_dtype)
+    chunk_output_kernel[(B * H, NT, triton.cdiv(V, BV))](
+        q, k, u, h, o, T, H, K, V,
+        *strides4(q), *strides4(k), *u_strides, *strides4(o), NT,
+        C=C, BK=BK, BV=BV, PREC=dot_precision(q.dtype),
+    )
+    return o
+
+
+def chunk_linear_attn_fwd(q, k, v, h0, chunk_size):
+    """Returns (o [T,B,H,V] in v's dtype, final state [B,H,K,V] float32)."""
+    T, B, H, K = q.shape
+    V = v.shape[-1]
+    h = chunk_states_fwd(k, v, h0, chunk_size)
+    o = chunk_output_fwd(q, k, v, strides4(v), h, v.dtype, chunk_size)
+    return o, h[:, -1].reshape(B, H, K, V)
+
+
+def chunk_state_grads_bwd(q, do, dht, K, V, chunk_size):
+    """Reverse pass of the sum rule: dh ``[B*H, N+1, K, V]``, dh[:, n] = dL/dh_n."""
+    T, B, H, _ = q.shape
+    C = chunk_size
+    NT = triton.cdiv(T, C)
+    BK, BV = tile_sizes(K, V)
+    dh = torch.empty(B * H, NT + 1, K, V, device=q.device, dtype=torch.float32)
+    linear_attn_state_bwd_kernel[(B * H, triton.cdiv(K, BK), triton.cdiv(V, BV))](
+        q, do, dht if dht is not None else dh, dh, T, H, K, V,
+        *strides4(q), *strides4(do), NT,
+        C=C, BK=BK, BV=BV, HAS_DHT=dht is not None, PREC=dot_precision(q.dtype),
+    )
+    return dh
+
+
+def chunk_linear_attn_bwd(q, k, v, h0, do, dht, chunk_size):
+    """Gradients (dq, dk, dv, dh0) of the sum rule; chunk states recomputed from h0."""
+    T, B, H, K = q.shape
+    V = v.shape[-1]
+    C = chunk_size
+    NT = triton.cdiv(T, C)
+    BK, BV = tile_sizes(K, V)
+    prec = dot_precision(q.dtype)
+    h = chunk_states_fwd(k, v, h0, chunk_size)
+    dh = chunk_state_grads_bwd(q, do, dht, K, V, chunk_size)
+    dq = torch.empty(T, B, H, K, device=q.device, dtype=q.dtype)
+    dk = torch.empty(T, B, H, K, device=q.device, dtype=k.dtype)
+    dv = torch.empty(T, B, H, V, device=q.device, dtype=v.dtype)
+    linear_attn_dqk_kernel[(B * H, NT, triton.cdiv(K, BK))](
+        q, k, v, do, h, dh, dq, dk, T, H, K, V,
+        *strides4(q), *strides4(k), *strides4(v), *strides4(do), B * H * K, NT,
+        C=C, BK=BK, BV=BV, PREC=prec,
+    )
+    linear_attn_dv_kernel[(B * H, NT, triton.cdiv(V, BV))](
+        q, k, do, dh, dv, T, H, K, V,
+        *strides4(q), *strides4(k), *strides4(do), B * H * V, NT,
+        C=C, BK=BK, BV=BV, PREC=prec,
+    )
+    dh0 = dh[:, 0].reshape(B, H, K, V)
+    return dq, dk, dv, dh0
+
+
+class ChunkLinearAttnFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, h0, chunk_size):
+        ctx.set_materialize_grads(False)
+        with device_guard(q):
+            o, ht = chunk_linear_attn_fwd(q, k, v, h0, chunk_size)
+        ctx.save_for_backward(q, k, v, h0)
+        ctx.chunk_size = chunk_size
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, h0 = ctx.saved_tensors
+        if do is None:
+            do = torch.zeros(v.shape, device=v.device, dtype=v.dtype)
+        with device_guard(q):
+            dq, dk, dv, dh0 = chunk_linear_attn_bwd(q, k, v, h0, do, dht, ctx.chunk_size)
+        return dq, dk, dv, (dh0 if h0 is not None else None), None
+
+
+def chunk_linear_attn(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    initial_state: Optional[torch.Tensor] = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Causal linear attention (sum rule) with Triton chunked kernels.
+
+    q, k: ``[T, B, H, d_dot]``; v: ``[T, B, H, d_value]`` (time-major, any strides,
+    float32/float16/bfloat16, one dtype). initial_state: ``[B, H, d_dot, d_value]``
+    (S = W^T, used as float32; differentiable). Returns ``(o, final_state)``: o
+    ``[T, B, H, d_value]`` in v's dtype, final_state ``[B, H, d_dot, d_value]`` float32
+    or None. No normalisation and no scaling are applied (see
+    :func:`fwp_kernels.fast_weight_scan` for the attention normalisation).
+    """
+    T, B, H, K, V = check_qkv(q, k, v)
+    check_chunk_size(chunk_size)
+    h0 = None
+    if initial_state is not None:
+        check_state("initial_state", initial_state, q, K, V)
+        h0 = initial_state.float().contiguous()
+    if T == 0:
+        o = v.new_zeros(0, B, H, V)
+        ht = h0 if h0 is not None else q.new_zeros(B, H, K, V, dtype=torch.float32)
+        return o, (ht if output_final_state else None)
+    o, ht = ChunkLinearAttnFunction.apply(q, k, v, h0, chunk_size)
+    return o, (ht if output_final_state else None)
+
+
+__all__ = ["chunk_linear_attn", "chunk_linear_attn_fwd", "chunk_linear_attn_bwd"]

@@ -1,0 +1,179 @@
+"""Shared helpers of the Triton kernels (:mod:`fwp_kernels.linear_attn`, :mod:`fwp_kernels.delta_rule`).
+
+Importing this module imports Triton; :mod:`fwp_kernels` itself never does.
+
+Layout conventions used by every kernel
+---------------------------------------
+* Inputs are time-major ``[T, B, H, D]`` and are read through their four strides
+  ``(s_t, s_b, s_h, s_d)``, so a non-contiguous view of fairseq's ``[T, B, H*D]``
+  activations is consumed without a transposing copy. Strengths (beta, erase) are
+  ``[T, B, H]``, read the same way.
+* Kernel-internal buffers are indexed by ``bh = b * H + h`` and padded to
+  ``T_pad = N * C`` tokens (N chunks of C tokens): per-token buffers are
+  ``[B*H, T_pad, D]`` float32, chunk-boundary states ``[B*H, N + 1, d_dot, d_value]``
+  float32 (entry n is the state *before* chunk n; entry N is the final state).
+* The state ``S`` is ``[B, H, d_dot, d_value]`` = W^T of the paper: a read is
+  ``o = S^T q``, a write ``S += k v^T``.
+* Every ``tl.dot`` takes float32 operands and accumulates in float32. The operand
+  precision is a compile-time choice (:func:`dot_precision`): ``"tf32x3"`` (about fp32
+  accurate) for float32 inputs, ``"tf32"`` for fp16/bf16 inputs (exact for their
+  mantissas, and fp32 range, so chunk states never overflow as they can in fp16).
+  ``FWP_TRITON_DOT_PRECISION`` overrides it (``ieee``, ``tf32x3``, ``tf32``).
+"""
+
+import contextlib
+import os
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+#: Largest d_dot / d_value the kernels accept (register tiles are blocked, the limit is
+#: only what has been tested).
+MAX_D_DOT = 512
+MAX_D_VALUE = 256
+
+
+def is_interpreter() -> bool:
+    """True when Triton runs in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """Operand precision of ``tl.dot`` for inputs of ``dtype`` (see module docstring)."""
+    override = os.environ.get("FWP_TRITON_DOT_PRECISION")
+    if override:
+        return override
+    return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+def block_size(d: int, cap: int) -> int:
+    """Tile width for a feature dimension of size d: a power of two in [16, cap]."""
+    return max(16, min(cap, triton.next_power_of_2(d)))
+
+
+def tile_sizes(d_dot: int, d_value: int) -> Tuple[int, int]:
+    """(BK, BV) tiles of d_dot and d_value. The interpreter gets wider tiles (fewer,
+    larger numpy ops); on a GPU 64 keeps the register footprint of the backward low."""
+    cap = 128 if is_interpreter() else 64
+    return block_size(d_dot, cap), block_size(d_value, cap)
+
+
+def strides4(x: torch.Tensor) -> Tuple[int, int, int, int]:
+    """(s_t, s_b, s_h, s_d) of a time-major [T, B, H, D] tensor."""
+    return tuple(x.stride())  # type: ignore[return-value]
+
+
+def strides3(x: Optional[torch.Tensor]) -> Tuple[int, int, int]:
+    """(s_t, s_b, s_h) of a [T, B, H] strength tensor (zeros for None)."""
+    return (0, 0, 0) if x is None else tuple(x.stride())  # type: ignore[return-value]
+
+
+def buffer_strides4(H: int, T_pad: int, D: int) -> Tuple[int, int, int, int]:
+    """(s_t, s_b, s_h, s_d) of a contiguous [B*H, T_pad, D] buffer seen as [T, B, H, D]."""
+    return (D, H * T_pad * D, T_pad * D, 1)
+
+
+def chunked_to_time_major(x: torch.Tensor, B: int, H: int, T: int) -> torch.Tensor:
+    """[B*H, T_pad] -> [T, B, H] (a view)."""
+    return x.view(B, H, -1).permute(2, 0, 1)[:T]
+
+
+def device_guard(x: torch.Tensor):
+    """Launch on x's GPU (multi-GPU safety); nothing to do for CPU/interpreter tensors."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Tuple[int, int, int, int, int]:
+    """Validate q, k ``[T,B,H,d_dot]`` and v ``[T,B,H,d_value]``; return (T, B, H, K, V)."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be time-major [T, B, H, D], got shape {tuple(x.shape)}")
+        if x.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device} but q is on {q.device}")
+    if not (q.is_cuda or is_interpreter()):
+        raise ValueError(
+            f"q is on {q.device}: the Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 on CPU)"
+        )
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k and v must share a dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if k.shape != q.shape:
+        raise ValueError(f"k must have q's shape [T, B, H, d_dot] = {tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v must be [T, B, H, d_value] with q's [T, B, H] = {tuple(q.shape[:3])}, got {tuple(v.shape)}")
+    T, B, H, K = q.shape
+    V = v.shape[-1]
+    if not 1 <= K <= MAX_D_DOT:
+        raise ValueError(f"q/k feature size d_dot must be in [1, {MAX_D_DOT}], got {K}")
+    if not 1 <= V <= MAX_D_VALUE:
+        raise ValueError(f"v feature size d_value must be in [1, {MAX_D_VALUE}], got {V}")
+    return T, B, H, K, V
+
+
+def check_strength(name: str, x: torch.Tensor, q: torch.Tensor) -> None:
+    """Validate a per-token strength (beta, erase): ``[T, B, H]`` floating, on q's device."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.shape != q.shape[:3]:
+        raise ValueError(f"{name} must be [T, B, H] = {tuple(q.shape[:3])}, got {tuple(x.shape)}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
+    if x.device != q.device:
+        raise ValueError(f"{name} is on {x.device} but q is on {q.device}")
+
+
+def check_state(name: str, S: torch.Tensor, q: torch.Tensor, K: int, V: int) -> None:
+    """Validate a fast weight state ``[B, H, d_dot, d_value]`` (any float dtype; used as fp32)."""
+    if not isinstance(S, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor [B, H, d_dot, d_value], got {type(S).__name__}")
+    B, H = q.shape[1], q.shape[2]
+    if tuple(S.shape) != (B, H, K, V):
+        raise ValueError(f"{name} must be [B, H, d_dot, d_value] = {(B, H, K, V)}, got {tuple(S.shape)}")
+    if not S.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got {S.dtype}")
+    if S.device != q.device:
+        raise ValueError(f"{name} is on {S.device} but q is on {q.device}")
+
+
+def check_chunk_size(chunk_size: int) -> None:
+    if chunk_size not in (16, 32, 64, 128):
+        raise ValueError(f"chunk_size must be one of 16, 32, 64, 128, got {chunk_size}")
+
+
+# ------------------------------------------------------------------ device helpers
+
+
+@triton.jit
+def load_tile(ptr, s_r, s_c, r0, c0, n_r, n_c, BR: tl.constexpr, BC: tl.constexpr):
+    """Load a [BR, BC] float32 tile at rows r0.., cols c0.. of a strided 2-D view,
+    zero outside ``rows < n_r``, ``cols < n_c``."""
+    r = r0 + tl.arange(0, BR)
+    c = c0 + tl.arange(0, BC)
+    m = (r[:, None] < n_r) & (c[None, :] < n_c)
+    return tl.load(ptr + r[:, None] * s_r + c[None, :] * s_c, mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def store_tile(ptr, x, s_r, s_c, r0, c0, n_r, n_c, BR: tl.constexpr, BC: tl.constexpr):
+    """Store a [BR, BC] tile (cast to the pointer's dtype) inside ``rows < n_r``, ``cols < n_c``."""
+    r = r0 + tl.arange(0, BR)
+    c = c0 + tl.arange(0, BC)
+    m = (r[:, None] < n_r) & (c[None, :] < n_c)
+    tl.store(ptr + r[:, None] * s_r + c[None, :] * s_c, x.to(ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def load_vec(ptr, s, r0, n, BR: tl.constexpr):
+    """Load a [BR] float32 vector at r0.. with stride s, zero outside ``r < n``."""
+    r = r0 + tl.arange(0, BR)
+    return tl.load(ptr + r * s, mask=r < n, other=0.0).to(tl.float32)
