@@ -7,12 +7,9 @@ checkpoints hold for torch's safe loading (torch >= 2.6).
 
 __version__ = "0.1.0"
 
-try:
-    from .checkpoint_compat import allow_fairseq_checkpoints
-except ImportError:  # written in a parallel change; optional until it lands
-    allow_fairseq_checkpoints = None
-if allow_fairseq_checkpoints is not None:
-    allow_fairseq_checkpoints()
+from .checkpoint_compat import allow_fairseq_checkpoints
+
+allow_fairseq_checkpoints()
 
 from . import models  # noqa: E402,F401
 from .models import fwp_lm, fwp_transformer  # noqa: E402,F401
