@@ -40,7 +40,32 @@ def _torch_core() -> CoreImpl:
     )
 
 
-_LOADERS: Dict[str, Callable[[], CoreImpl]] = {"chunk": _torch_core}
+def _triton_core() -> CoreImpl:
+    """The Triton chunked kernels (:mod:`fwp_kernels.linear_attn`, :mod:`fwp_kernels.delta_rule`).
+
+    Imported on first use only (importing fwp_kernels never imports Triton). Supports
+    float32/float16/bfloat16 tensors on CUDA, or on CPU under ``TRITON_INTERPRET=1``."""
+    import os
+
+    from .delta_rule import chunk_delta_rule
+    from .linear_attn import chunk_linear_attn
+
+    def supports(x: torch.Tensor) -> bool:
+        on_device = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+        return on_device and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+
+    return CoreImpl(
+        linear_attn=lambda q, k, v, S0: chunk_linear_attn(
+            q, k, v, initial_state=S0, output_final_state=True
+        ),
+        delta_rule=lambda q, k, v, b, c, S0: chunk_delta_rule(
+            q, k, v, b, erase=c, initial_state=S0, output_final_state=True
+        ),
+        supports=supports,
+    )
+
+
+_LOADERS: Dict[str, Callable[[], CoreImpl]] = {"chunk": _torch_core, "triton": _triton_core}
 _LOADED: Dict[str, CoreImpl] = {}
 
 
