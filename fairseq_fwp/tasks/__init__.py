@@ -1,0 +1,3 @@
+"""Tasks of fairseq-fwp (fairseq also auto-imports this folder with --user-dir)."""
+
+from . import associative_retrieval  # noqa: F401
