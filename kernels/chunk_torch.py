@@ -44,7 +44,8 @@ def chunk_linear_attn_torch(
     """Causal sum-rule scan. Returns (o [T,B,H,V] in v's dtype, final S [B,H,K,V] float32)."""
     T, B, H, K = q.shape
     V = v.shape[-1]
-    Q, Kc, Vc = (_to_chunks(x, chunk_size) for x in (q, k, v))
+    C = max(1, min(chunk_size, T))  # short sequences: one chunk, no padding
+    Q, Kc, Vc = (_to_chunks(x, C) for x in (q, k, v))
     S = Q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(Q.dtype)
     qk = torch.tril(Q @ Kc.transpose(-1, -2))  # [B,H,N,C,C], inclusive diagonal
     outs = []
@@ -66,7 +67,7 @@ def chunk_delta_rule_torch(
     """Causal delta-rule scan with write strength beta and erase strength c (= beta if None)."""
     T, B, H, K = q.shape
     V = v.shape[-1]
-    C = chunk_size
+    C = max(1, min(chunk_size, T))  # short sequences: one chunk, no padding
     Q, Kc, Vc = (_to_chunks(x, C) for x in (q, k, v))
     b = _to_chunks(beta, C).unsqueeze(-1)  # [B,H,N,C,1]
     c = b if erase is None else _to_chunks(erase, C).unsqueeze(-1)
