@@ -424,6 +424,8 @@ class ChunkDeltaRuleFunction(torch.autograd.Function):
         q, k, v, beta, erase, h0 = ctx.saved_tensors
         if do is None:
             do = torch.zeros(v.shape, device=v.device, dtype=v.dtype)
+        if dht is not None:
+            dht = dht.float().contiguous()  # read as a contiguous [B*H, K, V] block
         with device_guard(q):
             dq, dk, dv, dbeta, derase, dh0 = chunk_delta_rule_bwd(
                 q, k, v, beta, erase, h0, do, dht, ctx.chunk_size

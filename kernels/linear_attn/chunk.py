@@ -331,6 +331,8 @@ class ChunkLinearAttnFunction(torch.autograd.Function):
         q, k, v, h0 = ctx.saved_tensors
         if do is None:
             do = torch.zeros(v.shape, device=v.device, dtype=v.dtype)
+        if dht is not None:
+            dht = dht.float().contiguous()  # read as a contiguous [B*H, K, V] block
         with device_guard(q):
             dq, dk, dv, dh0 = chunk_linear_attn_bwd(q, k, v, h0, do, dht, ctx.chunk_size)
         return dq, dk, dv, (dh0 if h0 is not None else None), None

@@ -1,0 +1,372 @@
+"""Triton kernels (fwp_kernels.linear_attn, fwp_kernels.delta_rule) against the float64
+step-by-step reference: outputs, final states and every gradient (q, k, v, beta, erase,
+initial state), directly and through ``fast_weight_scan(impl="triton")``.
+
+Without a GPU the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1, set here
+before Triton is imported), fp32 and fp16 only (bf16 is wrong in the interpreter; it is
+tested on a GPU). The module is skipped only when Triton cannot be imported.
+
+Error measure: relative error ||a - b|| / ||b|| against float64 results computed from
+the same (dtype-rounded) inputs, so the tolerances measure the kernels, not the input
+quantisation.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA and os.environ.get("TRITON_INTERPRET") != "1":
+    os.environ["TRITON_INTERPRET"] = "1"
+    # Triton decides interpreter vs compiler when its own functions are decorated, i.e.
+    # at import: if something imported it before this module, import it afresh.
+    for name in [m for m in sys.modules if m == "triton" or m.startswith("triton.")
+                 or m.startswith("fwp_kernels.linear_attn") or m.startswith("fwp_kernels.delta_rule")
+                 or m == "fwp_kernels.triton_utils"]:
+        del sys.modules[name]
+
+triton = pytest.importorskip("triton")
+
+from fwp_kernels import FastWeightState, fast_weight_scan, recurrent_fast_weight  # noqa: E402
+from fwp_kernels import dispatch  # noqa: E402
+from fwp_kernels.delta_rule import chunk_delta_rule, delta_rule_step  # noqa: E402
+from fwp_kernels.linear_attn import chunk_linear_attn, linear_attn_step  # noqa: E402
+
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if HAS_CUDA else [])
+#: relative-error tolerances per input dtype (outputs, states and gradients).
+#: fp32: the kernels accumulate in fp32 (tf32x3 dots on a GPU); fp16/bf16: outputs and
+#: gradients are rounded to the input dtype (unit roundoff 4.9e-4 / 3.9e-3).
+RTOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def make_inputs(T, B, H, K, V, dtype, seed, init=False, erase=False):
+    """Sum-normalised positive q, k (Eq. 29), Gaussian v, beta in (0, 1), erase in (0, 2)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.rand(T, B, H, K, generator=g)
+    k = torch.rand(T, B, H, K, generator=g)
+    q, k = q / q.sum(-1, keepdim=True), k / k.sum(-1, keepdim=True)
+    v = torch.randn(T, B, H, V, generator=g)
+    beta = torch.rand(T, B, H, generator=g)
+    c = 2 * torch.rand(T, B, H, generator=g) if erase else None
+    S0 = 0.5 * torch.randn(B, H, K, V, generator=g) if init else None
+    cast = lambda x: None if x is None else x.to(device=DEVICE, dtype=dtype)  # noqa: E731
+    return cast(q), cast(k), cast(v), cast(beta), cast(c), (None if S0 is None else S0.to(DEVICE))
+
+
+def delta_rule_f64(q, k, v, beta, erase, S0):
+    """Literal float64 recurrence with separate erase strength c:
+    S_t = S_{t-1} - c_t k_t (k_t^T S_{t-1}) + beta_t k_t v_t^T ; o_t = S_t^T q_t."""
+    T, B, H, K = q.shape
+    S = S0 if S0 is not None else q.new_zeros(B, H, K, v.shape[-1])
+    outs = []
+    for t in range(T):
+        kt = k[t].unsqueeze(-1)  # [B,H,K,1]
+        read = (kt * S).sum(-2, keepdim=True)  # k^T S  [B,H,1,V]
+        S = S - erase[t][..., None, None] * kt * read + beta[t][..., None, None] * kt * v[t].unsqueeze(-2)
+        outs.append((q[t].unsqueeze(-1) * S).sum(-2))
+    return torch.stack(outs), S
+
+
+def grads_of(fn, leaves, seed):
+    """Run fn(*leaves) -> (o, S); loss = <o, G1> + <S, G2> with fixed random G; return (o, S, grads)."""
+    leaves = [None if x is None else x.detach().clone().requires_grad_(True) for x in leaves]
+    o, S = fn(*leaves)
+    g = torch.Generator().manual_seed(seed + 1)
+    go = torch.randn(o.shape, generator=g).to(o.device)
+    gS = torch.randn(S.shape, generator=g).to(S.device)
+    loss = (o.double() * go.double()).sum() + (S.double() * gS.double()).sum()
+    live = [x for x in leaves if x is not None]
+    gr = iter(torch.autograd.grad(loss, live, allow_unused=True))
+    return o.detach(), S.detach(), [None if x is None else next(gr) for x in leaves]
+
+
+def f64(xs):
+    return [None if x is None else x.detach().double() for x in xs]
+
+
+# (T, B, H, d_dot, d_value, chunk_size): T = 1, tails, several chunks, K != V,
+# d_dot < 16 (masked tiles), d_dot = 512, d_value = 256.
+SHAPES = [
+    (1, 1, 2, 16, 16, 64),
+    (37, 2, 1, 24, 40, 16),
+    (70, 1, 1, 512, 32, 64),
+    (20, 1, 1, 8, 256, 16),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("init", [False, True], ids=["zero_state", "init_state"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}H{}K{}V{}C{}".format(*s))
+def test_chunk_linear_attn_matches_reference(shape, init, dtype):
+    T, B, H, K, V, C = shape
+    q, k, v, _, _, S0 = make_inputs(T, B, H, K, V, dtype, seed=T * 7 + K, init=init)
+    o, S, g = grads_of(
+        lambda q, k, v, S0: chunk_linear_attn(q, k, v, initial_state=S0, output_final_state=True, chunk_size=C),
+        [q, k, v, S0], seed=1,
+    )
+
+    def ref(q, k, v, S0):
+        o, f = recurrent_fast_weight(q, k, v, rule="sum", output_final_state=True,
+                                     initial_state=None if S0 is None else FastWeightState(S0))
+        return o, f.S
+
+    o_r, S_r, g_r = grads_of(ref, f64([q, k, v, S0]), seed=1)
+    assert o.dtype == dtype and o.shape == (T, B, H, V) and S.dtype == torch.float32
+    tol = RTOL[dtype]
+    assert rel(o, o_r) < tol, "output"
+    assert rel(S, S_r) < tol, "final state"
+    for name, a, b in zip(["dq", "dk", "dv", "dS0"], g, g_r):
+        if b is None:
+            assert a is None
+            continue
+        assert a.dtype == (torch.float32 if name == "dS0" else dtype)
+        assert rel(a, b) < tol, name
+
+
+VARIANTS = {"plain": (False, False), "init+erase": (True, True), "init": (True, False), "erase": (False, True)}
+# d_dot = 512 runs the plain and init+erase variants only (interpreter time).
+DELTA_CASES = [
+    pytest.param(shape, *VARIANTS[var], id="T{}B{}H{}K{}V{}C{}-".format(*shape) + var)
+    for shape in SHAPES for var in VARIANTS if shape[3] < 512 or var in ("plain", "init+erase")
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("shape,init,erase", DELTA_CASES)
+def test_chunk_delta_rule_matches_reference(shape, init, erase, dtype):
+    T, B, H, K, V, C = shape
+    q, k, v, beta, c, S0 = make_inputs(T, B, H, K, V, dtype, seed=T * 11 + K, init=init, erase=erase)
+    o, S, g = grads_of(
+        lambda q, k, v, beta, c, S0: chunk_delta_rule(
+            q, k, v, beta, erase=c, initial_state=S0, output_final_state=True, chunk_size=C),
+        [q, k, v, beta, c, S0], seed=2,
+    )
+    if erase:
+        ref = delta_rule_f64
+    else:  # the paper-form reference (Eq. 20-25) when the erase strength is beta
+        def ref(q, k, v, beta, c, S0):
+            o, f = recurrent_fast_weight(q, k, v, beta, rule="delta", output_final_state=True,
+                                         initial_state=None if S0 is None else FastWeightState(S0))
+            return o, f.S
+    o_r, S_r, g_r = grads_of(ref, f64([q, k, v, beta, c, S0]), seed=2)
+    tol = RTOL[dtype]
+    assert o.dtype == dtype and S.dtype == torch.float32
+    assert rel(o, o_r) < tol, "output"
+    assert rel(S, S_r) < tol, "final state"
+    for name, a, b in zip(["dq", "dk", "dv", "dbeta", "derase", "dS0"], g, g_r):
+        if b is None:
+            assert a is None, name
+            continue
+        assert a.shape == b.shape, name
+        assert rel(a, b) < tol, name
+
+
+def test_literal_erase_reference_is_the_paper_delta_rule():
+    """The test-local erase reference reduces to recurrent_fast_weight when c = beta."""
+    q, k, v, beta, _, S0 = f64(make_inputs(9, 2, 2, 6, 5, torch.float32, seed=3, init=True))
+    o1, S1 = delta_rule_f64(q, k, v, beta, beta, S0)
+    o2, f = recurrent_fast_weight(q, k, v, beta, rule="delta", initial_state=FastWeightState(S0),
+                                  output_final_state=True)
+    assert rel(o1, o2) < 1e-12 and rel(S1, f.S) < 1e-12
+
+
+SCAN_CASES = [(rule, an, init) for rule in ("sum", "delta") for an in (False, True) for init in (False, True)]
+
+
+@pytest.mark.parametrize("rule,attn_norm,init", SCAN_CASES)
+def test_fast_weight_scan_triton_vs_recurrent(rule, attn_norm, init):
+    """Through the dispatcher (attention normalisation, erase strength c = beta / (z . k),
+    normaliser state z): Triton in fp32 vs the paper-form recurrence in float64."""
+    T, B, H, K, V = 75, 1, 2, 12, 20  # two chunks of 64 with a tail
+    q, k, v, beta, _, S0 = make_inputs(T, B, H, K, V, torch.float32, seed=5, init=init)
+    z0 = (torch.rand(B, H, K, generator=torch.Generator().manual_seed(9)) + 0.5).to(DEVICE) if init and attn_norm else None
+    leaves = [q, k, v, beta, S0, z0]
+
+    def run(impl):
+        def fn(q, k, v, beta, S0, z0):
+            st = None if S0 is None else FastWeightState(S0, z0)
+            o, f = fast_weight_scan(q, k, v, beta if rule == "delta" else None, rule=rule, attn_norm=attn_norm,
+                                    initial_state=st, output_final_state=True, impl=impl)
+            S = f.S if f.z is None else torch.cat([f.S, f.z.unsqueeze(-1)], -1)
+            return o, S
+        return fn
+
+    o, S, g = grads_of(run("triton"), leaves, seed=4)
+    o_r, S_r, g_r = grads_of(run("recurrent"), f64(leaves), seed=4)
+    tol = RTOL[torch.float32]
+    assert rel(o, o_r) < tol, "output"
+    assert rel(S, S_r) < tol, "final state"
+    for name, a, b in zip(["dq", "dk", "dv", "dbeta", "dS0", "dz0"], g, g_r):
+        if b is None or (rule == "sum" and name == "dbeta"):
+            continue
+        assert a is not None, name
+        assert rel(a, b) < tol, name
+
+
+def test_fast_weight_scan_triton_fp16_delta_attn_norm():
+    T, B, H, K, V = 40, 2, 1, 32, 16
+    q, k, v, beta, _, S0 = make_inputs(T, B, H, K, V, torch.float16, seed=6, init=True)
+    z0 = torch.full((B, H, K), 0.5, device=DEVICE)
+
+    def fn(impl):
+        def run(q, k, v, beta, S0):
+            st = FastWeightState(S0, z0.to(S0.dtype))
+            o, f = fast_weight_scan(q, k, v, beta, rule="delta", attn_norm=True, impl=impl,
+                                    initial_state=st, output_final_state=True)
+            return o, f.S
+        return run
+
+    o, S, g = grads_of(fn("triton"), [q, k, v, beta, S0], seed=7)
+    o_r, S_r, g_r = grads_of(fn("recurrent"), f64([q, k, v, beta, S0]), seed=7)
+    assert o.dtype == torch.float16
+    assert rel(o, o_r) < RTOL[torch.float16] and rel(S, S_r) < RTOL[torch.float16]
+    for name, a, b in zip(["dq", "dk", "dv", "dbeta", "dS0"], g, g_r):
+        assert rel(a, b) < RTOL[torch.float16], name
+
+
+def test_strided_time_major_views():
+    """q, k, v sliced out of one fused [T, B, 3*H*D] projection and beta out of a wider
+    tensor are consumed as views and give the same result as contiguous copies."""
+    T, B, H, D = 21, 2, 3, 16
+    g = torch.Generator().manual_seed(11)
+    proj = torch.rand(T, B, 3 * H * D + 5, generator=g).to(DEVICE)
+    q, k, v = (proj[..., i * H * D:(i + 1) * H * D].unflatten(-1, (H, D)) for i in range(3))
+    k = k / k.sum(-1, keepdim=True)
+    k = torch.empty(T, B, H, 2 * D, device=DEVICE)[..., ::2].copy_(k)  # a view with feature stride 2
+    beta = torch.rand(T, B, H, 4, generator=g).to(DEVICE)[..., 1]
+    assert not q.is_contiguous() and not k.is_contiguous() and k.stride(-1) == 2 and not beta.is_contiguous()
+    for fn, args in ((chunk_delta_rule, (q, k, v, beta)), (chunk_linear_attn, (q, k, v))):
+        o1, S1 = fn(*args, output_final_state=True, chunk_size=16)
+        o2, S2 = fn(*[a.contiguous() for a in args], output_final_state=True, chunk_size=16)
+        assert rel(o1, o2) < 1e-6 and rel(S1, S2) < 1e-6
+    o, f = recurrent_fast_weight(*f64([q, k, v, beta]), rule="delta", output_final_state=True)
+    o1, S1 = chunk_delta_rule(q, k, v, beta, output_final_state=True, chunk_size=16)
+    assert rel(o1, o) < RTOL[torch.float32] and rel(S1, f.S) < RTOL[torch.float32]
+
+
+def test_gradient_through_final_state_only():
+    """Only the final state is used (no output gradient) and only the output is used."""
+    q, k, v, beta, _, S0 = make_inputs(30, 1, 2, 16, 16, torch.float32, seed=12, init=True)
+    for use in ("state", "output"):
+        leaves = [x.clone().requires_grad_() for x in (q, k, v, beta, S0)]
+        lf = [x.double().detach().requires_grad_() for x in leaves]
+        o, S = chunk_delta_rule(*leaves[:4], initial_state=leaves[4], output_final_state=True, chunk_size=16)
+        o_r, f = recurrent_fast_weight(*lf[:4], rule="delta", initial_state=FastWeightState(lf[4]),
+                                       output_final_state=True)
+        (S.sum() if use == "state" else o.sum()).backward()
+        (f.S.sum() if use == "state" else o_r.sum()).backward()
+        for a, b in zip(leaves, lf):
+            if b.grad is None:  # q does not reach the final state
+                assert use == "state" and a.grad.abs().max() == 0
+                continue
+            assert rel(a.grad, b.grad) < RTOL[torch.float32], use
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("K,V", [(16, 16), (512, 48), (24, 256)])
+def test_one_token_steps_match_reference(K, V, dtype):
+    B, H = 2, 2
+    q, k, v, beta, c, S0 = make_inputs(1, B, H, K, V, dtype, seed=K + V, init=True, erase=True)
+    with torch.no_grad():
+        o, S = delta_rule_step(q[0], k[0], v[0], beta[0], S0)
+        o_r, f = recurrent_fast_weight(*f64([q, k, v, beta]), rule="delta",
+                                       initial_state=FastWeightState(S0.double()), output_final_state=True)
+        assert o.shape == (B, H, V) and o.dtype == dtype
+        assert rel(o, o_r[0]) < RTOL[dtype] and rel(S, f.S) < RTOL[dtype]
+        o, S = delta_rule_step(q, k, v, beta, S0, erase=c)  # [1, B, H, D] form, separate erase
+        o_r, S_r = delta_rule_f64(*f64([q, k, v, beta, c, S0]))
+        assert o.shape == (1, B, H, V)
+        assert rel(o, o_r) < RTOL[dtype] and rel(S, S_r) < RTOL[dtype]
+        o, S = linear_attn_step(q[0], k[0], v[0], S0)
+        o_r, f = recurrent_fast_weight(*f64([q, k, v]), rule="sum",
+                                       initial_state=FastWeightState(S0.double()), output_final_state=True)
+        assert rel(o, o_r[0]) < RTOL[dtype] and rel(S, f.S) < RTOL[dtype]
+    assert torch.equal(S0, S0.clone())  # input state untouched (returned state is new)
+
+
+def test_steps_continue_a_chunked_prefix():
+    """Prompt through the chunked kernel, then token-by-token steps: same as one scan."""
+    q, k, v, beta, _, _ = make_inputs(20, 1, 2, 32, 16, torch.float32, seed=13)
+    o_all, S_all = chunk_delta_rule(q, k, v, beta, output_final_state=True, chunk_size=16)
+    _, S = chunk_delta_rule(q[:17], k[:17], v[:17], beta[:17], output_final_state=True, chunk_size=16)
+    outs = []
+    with torch.no_grad():
+        for t in range(17, 20):
+            o, S = delta_rule_step(q[t], k[t], v[t], beta[t], S)
+            outs.append(o)
+    assert rel(torch.stack(outs), o_all[17:].detach()) < 1e-5 and rel(S, S_all.detach()) < 1e-5
+
+
+def test_errors_name_the_argument():
+    q, k, v, beta, c, S0 = make_inputs(5, 1, 2, 16, 8, torch.float32, seed=0, init=True, erase=True)
+    with pytest.raises(ValueError, match=r"\bk\b"):
+        chunk_delta_rule(q, k[..., :-1], v, beta)
+    with pytest.raises(ValueError, match=r"\bv\b"):
+        chunk_linear_attn(q, k, v[:, :, :1])
+    with pytest.raises(ValueError, match=r"\bq\b"):
+        chunk_linear_attn(q[0], k, v)
+    with pytest.raises(TypeError, match=r"\bv\b.*float64"):
+        chunk_linear_attn(q, k, v.double())
+    with pytest.raises(TypeError, match=r"\bq\b"):
+        chunk_delta_rule(q.int(), k, v, beta)
+    with pytest.raises(TypeError, match="share a dtype"):
+        chunk_delta_rule(q, k, v.half(), beta)
+    with pytest.raises(ValueError, match=r"\bbeta\b"):
+        chunk_delta_rule(q, k, v, beta[:, :, :1])
+    with pytest.raises(TypeError, match=r"\bbeta\b"):
+        chunk_delta_rule(q, k, v, beta.double())
+    with pytest.raises(ValueError, match=r"\berase\b"):
+        chunk_delta_rule(q, k, v, beta, erase=c[:-1])
+    with pytest.raises(ValueError, match=r"\binitial_state\b"):
+        chunk_delta_rule(q, k, v, beta, initial_state=S0[..., :-1])
+    with pytest.raises(ValueError, match=r"\binitial_state\b"):
+        chunk_linear_attn(q, k, v, initial_state=S0[0])
+    with pytest.raises(ValueError, match="d_dot"):
+        big = torch.rand(2, 1, 1, 600, device=DEVICE)
+        chunk_linear_attn(big, big, torch.rand(2, 1, 1, 8, device=DEVICE))
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunk_linear_attn(q, k, v, chunk_size=48)
+    with pytest.raises(ValueError, match=r"\bstate\b"):
+        delta_rule_step(q[0], k[0], v[0], beta[0], S0[..., :-1])
+    with pytest.raises(ValueError, match=r"\bbeta\b"):
+        delta_rule_step(q[0], k[0], v[0], beta, S0)
+    with pytest.raises(ValueError, match=r"\bq\b"):
+        linear_attn_step(q[:2], k[:2], v[:2], S0)
+    with pytest.raises(RuntimeError, match="autograd"):
+        delta_rule_step(q[0], k[0], v[0].requires_grad_(), beta[0], S0)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="CPU-only check")
+def test_cpu_tensors_need_interpreter(monkeypatch):
+    q, k, v, *_ = make_inputs(3, 1, 1, 16, 16, torch.float32, seed=0)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(ValueError, match="CUDA"):
+        chunk_linear_attn(q, k, v)
+    assert not dispatch._core("triton").supports(q)
+
+
+def test_registered_in_dispatch():
+    core = dispatch._core("triton")
+    assert "triton" in dispatch.available_impls()
+    x = torch.zeros(1, device=DEVICE)
+    assert core.supports(x) and not core.supports(x.double())
+    if not HAS_CUDA:  # "auto" keeps CPU tensors on the PyTorch path
+        assert dispatch._auto_impl(torch.zeros(4, 1, 1, 8)) == "chunk"
+
+
+def test_importing_fwp_kernels_does_not_import_triton():
+    code = ("import sys, fwp_kernels; fwp_kernels.fast_weight_scan; "
+            "from fwp_kernels import dispatch; "
+            "assert 'triton' not in sys.modules, 'triton imported'")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
