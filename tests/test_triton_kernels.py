@@ -370,3 +370,48 @@ def test_importing_fwp_kernels_does_not_import_triton():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+# Compiles every kernel for an H100 (sm_90) without a GPU, in a fresh process (the
+# interpreter is off there), and checks each fits the 227 KiB of shared memory per block.
+_COMPILE_CHECK = r"""
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fwp_kernels.triton_utils import NUM_WARPS
+from fwp_kernels.linear_attn import chunk as la, step as las
+from fwp_kernels.delta_rule import chunk as dr, step as drs
+KERNELS = [
+    (la.linear_attn_state_fwd_kernel, "k v", "h0 h", {"HAS_H0": True}),
+    (la.chunk_output_kernel, "q k o", "u h", {}),
+    (la.linear_attn_state_bwd_kernel, "q do", "dht dh", {"HAS_DHT": True}),
+    (la.linear_attn_dqk_kernel, "q k v do dq dk", "h dh", {}),
+    (la.linear_attn_dv_kernel, "q k do dv", "dh", {}),
+    (dr.delta_rule_prepare_kernel, "k v beta erase", "x w u", {}),
+    (dr.delta_rule_state_fwd_kernel, "k", "w u h0 h vnew", {"HAS_H0": True}),
+    (dr.delta_rule_state_bwd_kernel, "q k v beta erase do dv", "x dht dh dux dbeta", {"HAS_DHT": True}),
+    (dr.delta_rule_dqk_kernel, "q k erase do dq dk", "vnew dux h dh dc", {}),
+]
+target = GPUTarget("cuda", 90, 32)
+for dt in sys.argv[1:]:
+    for fn, in_ptrs, f32_ptrs, extra in KERNELS:
+        consts = dict(C=64, BK=32, BV=32, PREC="tf32x3" if dt == "fp32" else "tf32", **extra)
+        sig = {n: "constexpr" if n in consts else "*" + dt if n in in_ptrs.split()
+               else "*fp32" if n in f32_ptrs.split() else "i32" for n in fn.arg_names}
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,
+                           options={"num_warps": NUM_WARPS})
+        print(fn.__name__, dt, k.metadata.shared)
+        assert k.metadata.shared <= 232448, (fn.__name__, dt, k.metadata.shared)
+"""
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="the GPU tests launch the kernels for real")
+def test_kernels_compile_for_h100_within_shared_memory():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    res = subprocess.run([sys.executable, "-c", _COMPILE_CHECK, "fp32", "bf16"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("\n") == 18
