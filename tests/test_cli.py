@@ -109,7 +109,8 @@ def test_pyproject_lists_every_package():
 def test_kernels_is_installed_as_fwp_kernels_only(tmp_path):
     code = ("import importlib.util as u, fwp_kernels; "
             "print(u.find_spec('kernels') is None, fwp_kernels.__name__)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "fwp_kernels"]
 
