@@ -66,22 +66,29 @@ def markdown_table(series: Dict[str, List[Tuple[int, float, str]]], metric: str)
     return "\n".join(lines)
 
 
+MAP_COLOURS = {"softmax": "black", "linear": "tab:blue", "dpfp1": "tab:orange", "dpfp2": "tab:green",
+               "dpfp3": "tab:red", "favor32": "tab:purple", "favor64": "tab:purple", "favor128": "tab:brown",
+               "favor512": "tab:pink"}
+RULE_COLOURS = {"sum": "tab:blue", "delta": "tab:green", "delta-nosn": "tab:red", "fwm": "tab:purple"}
+MAP_STYLES = {"dpfp1": ("-", "o"), "linear": ("--", "s"), "softmax": ("-", "o")}
+
+
 def _style(model: str):
-    """Stable colours per feature map, line styles per update rule."""
+    """(colour, line style, marker): setting 1 names ("dpfp2") are coloured by feature map;
+    setting 2 names ("dpfp1-delta") by update rule, with the feature map as line style."""
     fmap, _, rule = model.partition("-")
-    colours = {"softmax": "black", "linear": "tab:blue", "dpfp1": "tab:orange", "dpfp2": "tab:green",
-               "dpfp3": "tab:red"}
-    colour = colours.get(fmap)
-    styles = {"": "-", "sum": "-", "delta": "--", "delta-nosn": ":", "fwm": "-."}
-    return colour, styles.get(rule, "-")
+    if not rule:
+        return MAP_COLOURS.get(fmap), "-", "o"
+    ls, marker = MAP_STYLES.get(fmap, (":", "^"))
+    return RULE_COLOURS.get(rule), ls, marker
 
 
 def plot_capacity(ax, series, metric: str, title: str, logy: bool) -> None:
     for model, pts in series.items():
         xs = [s for s, y, _ in pts if not math.isnan(y)]
         ys = [max(y, FLOOR) if logy else y for s, y, _ in pts if not math.isnan(y)]
-        colour, ls = _style(model)
-        (line,) = ax.plot(xs, ys, marker="o", ms=3.5, ls=ls, color=colour, label=model)
+        colour, ls, marker = _style(model)
+        (line,) = ax.plot(xs, ys, marker=marker, ms=3.5, ls=ls, color=colour, label=model)
         bad = [s for s, y, st in pts if math.isnan(y) or st == "diverged"]
         if bad:  # diverged runs: crosses on the top edge
             ax.plot(bad, [1.0] * len(bad), ls="none", marker="x", color=line.get_color(),
@@ -104,7 +111,7 @@ def plot_curves(ax, folder: str, num_keys: int, title: str, logy: bool) -> int:
         hist = read_csv(path)
         xs = [int(h["num_updates"]) for h in hist]
         ys = [_float(h["loss"]) for h in hist]
-        colour, ls = _style(model)
+        colour, ls, _ = _style(model)
         ax.plot(xs, [max(y, FLOOR) if logy else y for y in ys], ls=ls, color=colour, label=model)
         n += 1
     if logy:
