@@ -361,9 +361,12 @@ def test_linear_attention_fails_beyond_d_key_while_dpfp_holds(one_thread):
     task = make_task(S=24, d_key=8, updates=100, batch=32)
     linear = _train_and_eval(task, 600, fwp_feature_map="linear", fwp_attn_norm=True)
     dpfp2 = _train_and_eval(task, 600, fwp_feature_map="dpfp", fwp_dpfp_nu=2, fwp_attn_norm=True)
-    print(f"setting 1, S=24, d_key=8: linear {linear:.4f}  dpfp2 {dpfp2:.4f}")
-    assert linear > 0.25  # chance-level retrieval is 0.5; over capacity it stays far from 0
+    small = _train_and_eval(make_task(S=6, d_key=8, updates=100, batch=32), 600,
+                            fwp_feature_map="linear", fwp_attn_norm=True)
+    print(f"setting 1, d_key=8: S=24 linear {linear:.4f} dpfp2 {dpfp2:.4f}; S=6 linear {small:.4f}")
+    assert linear > 0.25  # a constant output scores 0.5; over capacity it stays far from 0
     assert dpfp2 < linear / 3
+    assert small < 0.05  # below its capacity the same linear model does learn (measured 0.015)
 
 
 def test_delta_rule_beats_sum_rule_with_replacement(one_thread):
