@@ -18,7 +18,7 @@ from fairseq_fwp.config import FwpAttentionConfig
 from fairseq_fwp.criterions.retrieval_mse import RetrievalMSECriterion, retrieval_loss
 from fairseq_fwp.models.fwp_retrieval import FwpRetrievalModel, key_embed_dim
 from fairseq_fwp.tasks import associative_retrieval as ar
-from fwp_kernels import recurrent_fast_weight
+from fwp_kernels import fast_weight_scan, recurrent_fast_weight
 from fwp_kernels.state import EPS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -201,6 +201,10 @@ def test_sum_memory_is_the_sum_of_outer_products():
     x = torch.cat([m.key_embed(keys), F.one_hot(values, 8).float()], -1)
     phik = m.feature_map(m.W_k(x))  # [B, L, d_dot]
     W = torch.einsum("blk,blv->bkv", phik, F.one_hot(values, 8).float())  # Eq. 15: sum_i phi(k_i) v_i^T
+    _, scanned = fast_weight_scan(phik.transpose(0, 1).unsqueeze(2), phik.transpose(0, 1).unsqueeze(2),
+                                  F.one_hot(values, 8).float().transpose(0, 1).unsqueeze(2), rule="sum",
+                                  output_final_state=True)
+    assert torch.allclose(scanned.S[:, 0], W, atol=1e-5)  # the closed form is the scan's final state
     assert torch.allclose(state.S[:, 0], W, atol=1e-5)
     phiq = m.feature_map(m.W_q(m.key_embed(query)))
     want = torch.einsum("bk,bkv->bv", phiq, W) / (torch.einsum("bk,bk->b", phiq, phik.sum(1))[:, None] + EPS)
@@ -225,8 +229,6 @@ def test_delta_rule_overwrites_a_reassigned_key():
     m = FwpRetrievalModel(fwp(fwp_feature_map="linear", fwp_update_rule="delta"), 4, 4)
     k = torch.eye(4)[[0, 1, 0]].view(3, 1, 1, 4)
     v = torch.eye(4)[[2, 3, 1]].view(3, 1, 1, 4)
-    from fwp_kernels import fast_weight_scan
-
     _, delta = fast_weight_scan(k, k, v, torch.ones(3, 1, 1), rule="delta", output_final_state=True)
     _, summ = fast_weight_scan(k, k, v, None, rule="sum", output_final_state=True)
     assert torch.allclose(delta.S[0, 0, 0], torch.eye(4)[1])

@@ -9,9 +9,10 @@ Following the paper and the authors' ``synthetic/`` code:
 * one memory, selected by the ``--fwp-*`` flags: ``--fwp-feature-map softmax`` is
   softmax attention over the sequence (A = softmax(K q / sqrt(d_key))); otherwise the
   fast weight memory: phi (``build_feature_map``, optionally sum-normalised,
-  ``--fwp-sum-norm``) of keys and query, the whole sequence written with the sum or delta
-  rule (``fwp_kernels.fast_weight_scan``, write strength beta_i = sigmoid(W_beta x_i)),
-  then one read with phi(q), attention-normalised with ``--fwp-attn-norm``;
+  ``--fwp-sum-norm``) of keys and query, the whole sequence written with the sum rule
+  (Eq. 15-16, the final state in closed form) or the delta rule
+  (``fwp_kernels.fast_weight_scan``, write strength beta_i = sigmoid(W_beta x_i)), then
+  one read with phi(q), attention-normalised with ``--fwp-attn-norm``;
 * ``--fwm`` (with ``--fwp-update-rule delta``): the Fast Weight Memory update of
   Schlag et al. (2021) ported as in the authors' code ("Schlag (2021) with DPFP" in
   Fig. 3): delta-rule writes without normalisation, after every write W is scaled
@@ -126,8 +127,12 @@ class FwpRetrievalModel(BaseFairseqModel):
             beta = torch.sigmoid(self.W_b(x).float()).squeeze(-1).transpose(0, 1).unsqueeze(2)  # [L, B, 1]
         if self.fwm:
             return self._fwm_write(k, v, beta)
-        _, state = fast_weight_scan(k, k, v, beta, rule=self.update_rule, attn_norm=self.attn_norm,
-                                    output_final_state=True)
+        if self.update_rule == "sum":
+            # only the final state is read: sum_i phi(k_i) v_i^T (Eq. 15) and z = sum_i phi(k_i)
+            # (Eq. 16), as FastWeightAttention's non-causal write; no scan (and no size limit)
+            S = torch.einsum("tbhk,tbhv->bhkv", k, v.to(k.dtype))
+            return FastWeightState(S, k.sum(0) if self.attn_norm else None)
+        _, state = fast_weight_scan(k, k, v, beta, rule="delta", attn_norm=self.attn_norm, output_final_state=True)
         return state
 
     @staticmethod
