@@ -8,6 +8,8 @@
 # FWP_TORCH_SPEC (default torch==2.13.0): what to install when torch is not importable.
 # FWP_TORCH_INDEX_URL: index to take torch from (outside this project's machines use
 #   https://download.pytorch.org/whl/cpu for the CPU build).
+# FWP_EXTRAS (default test,plot): the package extras to install (test = pytest,
+#   plot = matplotlib, used by the retrieval plots and their test).
 # FWP_FORCE_SETUP=1: redo the setup even if the stamp says it is done.
 #
 # Order matters: torch first (so pip never resolves a CUDA build for us), then numpy and
@@ -62,7 +64,8 @@ fwp_setup_env() {
         _fwp_log "Python >= 3.11 required, got $("$FWP_PY" -V 2>&1)"; return 1; }
 
     local key
-    key="$({ cat "$FWP_ROOT/pyproject.toml" "${BASH_SOURCE[0]}"; "$FWP_PY" -c 'import sys; print(sys.executable, sys.version)'; } | _fwp_hash)"
+    local extras="${FWP_EXTRAS:-test,plot}"
+    key="$({ cat "$FWP_ROOT/pyproject.toml" "${BASH_SOURCE[0]}"; echo "$extras"; "$FWP_PY" -c 'import sys; print(sys.executable, sys.version)'; } | _fwp_hash)"
     local stampdir="$FWP_ROOT/.fwp-setup"
     local stamp="$stampdir/done-$key"
     if [[ -f "$stamp" && "${FWP_FORCE_SETUP:-0}" != "1" ]] \
@@ -73,7 +76,6 @@ fwp_setup_env() {
 
     local t0=$SECONDS
     mkdir -p "$stampdir"
-    rm -f "$stampdir"/done-*
     local pipq=(-m pip install --progress-bar off)
     [[ -n "${FWP_PIP_VERBOSE:-}" ]] || pipq+=(-q)
 
@@ -91,10 +93,10 @@ fwp_setup_env() {
             "$FWP_PY" "${pipq[@]}" "$spec"
         fi
     else
-        _fwp_log "using installed torch $("$FWP_PY" -c 'import torch; print(torch.__version__)')"
+        _fwp_log "using installed torch $("$FWP_PY" -c 'import torch; print(torch.__version__)' 2>/dev/null)"
     fi
     # Pin torch for every later pip call so no dependency can swap it for another build.
-    "$FWP_PY" -c 'import torch; print("torch==" + torch.__version__)' > "$stampdir/constraints.txt"
+    "$FWP_PY" -c 'import torch; print("torch==" + torch.__version__)' 2>/dev/null > "$stampdir/constraints.txt"
     local cons=(-c "$stampdir/constraints.txt")
 
     _fwp_log "installing numpy, cython"
@@ -105,8 +107,8 @@ fwp_setup_env() {
         "$FWP_PY" "${pipq[@]}" "${cons[@]}" --no-build-isolation "fairseq-fixed==0.12.3.1"
     fi
 
-    _fwp_log "installing fairseq-fwp (editable) with test extras"
-    "$FWP_PY" "${pipq[@]}" "${cons[@]}" --no-build-isolation -e "$FWP_ROOT[test]"
+    _fwp_log "installing fairseq-fwp (editable) with extras [$extras]"
+    "$FWP_PY" "${pipq[@]}" "${cons[@]}" --no-build-isolation -e "$FWP_ROOT[$extras]"
 
     if ! _fwp_importable torch numpy fairseq fairseq_cli fairseq_fwp fwp_kernels sacrebleu pytest; then
         _fwp_log "setup finished but a package is still not importable"; return 1
