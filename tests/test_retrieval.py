@@ -120,6 +120,23 @@ def test_eval_set_is_fixed_and_train_set_is_fresh():
     assert not torch.equal(other["net_input"]["keys"][:5], va["net_input"]["keys"][:5])
 
 
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_fairseq_iterators_see_a_new_training_set_every_epoch(num_workers):
+    """fairseq's data-loader workers hold their own copy of the dataset: the training
+    sequences must still change with the epoch (and repeat for a repeated epoch)."""
+    task = make_task(S=10, updates=2, batch=8)
+    train = task.load_dataset("train")
+
+    def epoch_keys(epoch):
+        itr = task.get_batch_iterator(train, max_sentences=8, num_workers=num_workers, epoch=epoch)
+        return torch.cat([b["net_input"]["keys"] for b in itr.next_epoch_itr(shuffle=False)])
+
+    e1, e2 = epoch_keys(1), epoch_keys(2)
+    assert e1.shape == (16, 10)
+    assert not torch.equal(e1, e2)
+    assert torch.equal(epoch_keys(1), e1)
+
+
 @pytest.mark.parametrize(
     "kwargs, flag",
     [

@@ -187,7 +187,10 @@ class OnTheFlyRetrievalDataset(RetrievalDataset):
 
     @property
     def can_reuse_epoch_itr_across_epochs(self):
-        return True  # same batch indices every epoch; set_epoch changes the data
+        # False: fairseq builds a new iterator (and new data-loader workers, which hold
+        # their own copy of this dataset) every epoch, so --num-workers >= 1 sees the
+        # new epoch's sequences too; a reused iterator's persistent workers would not
+        return False
 
 
 # ----------------------------------------------------------------------------- task
