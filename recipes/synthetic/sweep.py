@@ -122,7 +122,7 @@ def fairseq_command(job: Job, device: str, seed: int) -> List[str]:
         "--criterion", "retrieval_mse",
         "--optimizer", "adam", "--lr", "1e-3",
         "--lr-scheduler", "stop_at_loss", "--stop-at-loss", str(STOP_LOSS), "--stop-min-lr", "0",
-        "--batch-size", "32", "--batch-size-valid", "1024",
+        "--batch-size", "32", "--batch-size-valid", "256",
         "--validate-interval-updates", "100", "--patience", "10", "--max-update", str(job.max_update),
         "--seed", str(seed), "--no-save", "--num-workers", "0",
         "--log-format", "simple", "--log-interval", "100",
