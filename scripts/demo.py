@@ -62,8 +62,17 @@ def done_marker(path: str) -> str:
     return os.path.join(path, ".done")
 
 
-def is_done(path: str) -> bool:
-    return os.path.exists(done_marker(path))
+def is_done(path: str, cmd: Optional[List[str]] = None) -> bool:
+    """Finished before (with the same command line, when ``cmd`` is given)."""
+    if not os.path.exists(done_marker(path)):
+        return False
+    if cmd is None:
+        return True
+    try:
+        with open(done_marker(path)) as f:
+            return json.load(f).get("cmd") == cmd
+    except (OSError, ValueError):
+        return False
 
 
 def mark_done(path: str, payload: Optional[dict] = None) -> None:
@@ -242,15 +251,18 @@ def stage_mt(out: str, data: str, names: List[str], epochs: int) -> Dict[str, di
         os.makedirs(run, exist_ok=True)
         cmd = mt_train_cmd(data, os.path.join(run, "checkpoints"), flags, epochs)
         print(f"--- {label}: {' '.join(flags)}", flush=True)
-        if is_done(run):
+        if is_done(run, cmd):
             info("already trained")
             continue
         with open(os.path.join(run, "train_command.sh"), "w") as f:
             f.write(shlex.join(cmd) + "\n")
         if os.path.exists(os.path.join(run, "checkpoints", "checkpoint_last.pt")):
-            info("resuming from checkpoint_last.pt")
+            info("resuming from checkpoint_last.pt (fairseq continues where it stopped)")
+        for stale in ("bleu.json", "ppl.json"):  # results of an earlier training run
+            if os.path.exists(os.path.join(run, stale)):
+                os.remove(os.path.join(run, stale))
         run_logged(cmd, os.path.join(run, "train.log"))
-        mark_done(run)
+        mark_done(run, {"cmd": cmd})
     banner("4/6 translation: fairseq-generate (beam 4) + sacreBLEU on test")
     for name in names:
         label, _ = ATTENTIONS[name]
@@ -289,15 +301,18 @@ def stage_lm(out: str, data: str, names: List[str], epochs: int) -> Dict[str, di
         os.makedirs(run, exist_ok=True)
         cmd = lm_train_cmd(data, os.path.join(run, "checkpoints"), flags, epochs)
         print(f"--- {label}: {' '.join(flags)}", flush=True)
-        if is_done(run):
+        if is_done(run, cmd):
             info("already trained")
             continue
         with open(os.path.join(run, "train_command.sh"), "w") as f:
             f.write(shlex.join(cmd) + "\n")
         if os.path.exists(os.path.join(run, "checkpoints", "checkpoint_last.pt")):
-            info("resuming from checkpoint_last.pt")
+            info("resuming from checkpoint_last.pt (fairseq continues where it stopped)")
+        for stale in ("bleu.json", "ppl.json"):  # results of an earlier training run
+            if os.path.exists(os.path.join(run, stale)):
+                os.remove(os.path.join(run, stale))
         run_logged(cmd, os.path.join(run, "train.log"))
-        mark_done(run)
+        mark_done(run, {"cmd": cmd})
     banner("6/6 language model: fairseq-eval-lm on test")
     for name in names:
         label, _ = ATTENTIONS[name]
@@ -331,8 +346,10 @@ def stage_lm(out: str, data: str, names: List[str], epochs: int) -> Dict[str, di
 
 
 def dict_size(data: str) -> int:
+    """Words a model must choose between: the corpus words plus </s> (fairseq pads
+    dict.txt with never-seen madeupwordNNNN entries, which are not counted)."""
     with open(os.path.join(data, "dict.txt")) as f:
-        return sum(1 for _ in f) + 4  # + <s>, <pad>, </s>, <unk>
+        return sum(1 for line in f if not line.startswith("madeupword")) + 1
 
 
 def summary(out: str, mt: Dict[str, dict], lm: Dict[str, dict], lm_data: str, elapsed: float) -> str:
@@ -349,7 +366,7 @@ def summary(out: str, mt: Dict[str, dict], lm: Dict[str, dict], lm_data: str, el
     if lm:
         uniform = dict_size(lm_data)
         lines += [
-            f"Toy language model (agreement grammar), test perplexity (uniform over the vocabulary: {uniform}):", "",
+            f"Toy language model (agreement grammar), test perplexity (a uniform guess over the {uniform} words scores {uniform}):", "",
             "| model | flags | perplexity |", "|---|---|---:|",
         ]
         for name, r in lm.items():
@@ -370,7 +387,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join(ROOT, "outputs", "demo"), help="output folder")
     p.add_argument("--fresh", action="store_true", help="delete --out first and redo every stage")
     p.add_argument("--models", default="linear,delta,softmax", help="comma list of linear, delta, softmax")
-    p.add_argument("--mt-epochs", type=int, default=20)
+    p.add_argument("--mt-epochs", type=int, default=30)
     p.add_argument("--lm-epochs", type=int, default=8)
     p.add_argument("--mt-train", type=int, default=3000, help="translation training pairs")
     p.add_argument("--lm-train", type=int, default=5000, help="LM training sentences")
