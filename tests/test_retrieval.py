@@ -264,6 +264,8 @@ def test_fwm_bounds_the_memory_and_rejects_other_rules():
         FwpRetrievalModel(fwp(fwp_feature_map="dpfp"), 8, 8, fwm=True)
     with pytest.raises(ValueError, match="--fwp-update-rule"):
         FwpRetrievalModel(fwp(fwp_feature_map="softmax", fwp_update_rule="delta"), 8, 8)
+    with pytest.raises(ValueError, match="--fwp-attn-norm"):
+        FwpRetrievalModel(fwp(fwp_feature_map="softmax", fwp_attn_norm=True), 8, 8)
 
 
 # ---------------------------------------------------------------------- stop_at_loss

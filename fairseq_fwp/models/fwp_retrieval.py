@@ -65,6 +65,9 @@ class FwpRetrievalModel(BaseFairseqModel):
         self.update_rule = str(fwp.fwp_update_rule)
         self.sum_norm, self.attn_norm = bool(fwp.fwp_sum_norm), bool(fwp.fwp_attn_norm)
         self.fwm = bool(fwm)
+        if self.kind == "softmax" and (self.sum_norm or self.attn_norm):
+            raise ValueError("--fwp-sum-norm / --fwp-attn-norm normalise a fast weight memory: "
+                             "softmax attention (--fwp-feature-map softmax) takes neither")
         if self.fwm and (self.update_rule != "delta" or self.sum_norm or self.attn_norm):
             raise ValueError("--fwm is the FWM variant of the delta rule: use it with --fwp-update-rule delta "
                              "and without --fwp-sum-norm / --fwp-attn-norm")
