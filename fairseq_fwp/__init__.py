@@ -11,5 +11,5 @@ from .checkpoint_compat import allow_fairseq_checkpoints
 
 allow_fairseq_checkpoints()
 
-from . import models  # noqa: E402,F401
-from .models import fwp_lm, fwp_transformer  # noqa: E402,F401
+from . import criterions, models, tasks  # noqa: E402,F401
+from .models import fwp_lm, fwp_retrieval, fwp_transformer  # noqa: E402,F401

@@ -27,7 +27,7 @@ __all__ = ["FastWeightState", "fast_weight_scan", "register_impl", "available_im
 class CoreImpl(NamedTuple):
     linear_attn: Callable
     delta_rule: Callable
-    supports: Callable[[torch.Tensor], bool]
+    supports: Callable[[torch.Tensor, torch.Tensor], bool]  # (q, v) -> can this core run them?
 
 
 def _torch_core() -> CoreImpl:
@@ -36,7 +36,7 @@ def _torch_core() -> CoreImpl:
     return CoreImpl(
         linear_attn=lambda q, k, v, S0: chunk_linear_attn_torch(q, k, v, S0),
         delta_rule=lambda q, k, v, b, c, S0: chunk_delta_rule_torch(q, k, v, b, c, S0),
-        supports=lambda x: True,
+        supports=lambda q, v: True,
     )
 
 
@@ -49,10 +49,16 @@ def _triton_core() -> CoreImpl:
 
     from .delta_rule import chunk_delta_rule
     from .linear_attn import chunk_linear_attn
+    from .triton_utils import MAX_D_DOT, MAX_D_VALUE
 
-    def supports(x: torch.Tensor) -> bool:
-        on_device = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-        return on_device and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+    def supports(q: torch.Tensor, v: torch.Tensor) -> bool:
+        on_device = q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+        return (
+            on_device
+            and q.dtype in (torch.float32, torch.float16, torch.bfloat16)
+            and q.shape[-1] <= MAX_D_DOT
+            and v.shape[-1] <= MAX_D_VALUE
+        )
 
     return CoreImpl(
         linear_attn=lambda q, k, v, S0: chunk_linear_attn(
@@ -85,12 +91,13 @@ def _core(name: str) -> CoreImpl:
     return _LOADED[name]
 
 
-def _auto_impl(q: torch.Tensor) -> str:
+def _auto_impl(q: torch.Tensor, v: torch.Tensor) -> str:
+    """Same maths everywhere; only speed differs. Sizes beyond the Triton tiles use "chunk"."""
     if q.shape[0] == 1:
         return "recurrent"
     if q.is_cuda and "triton" in _LOADERS:
         try:
-            if _core("triton").supports(q):
+            if _core("triton").supports(q, v):
                 return "triton"
         except ImportError:
             pass
@@ -147,7 +154,7 @@ def fast_weight_scan(
     """
     _check(q, k, v, beta, rule, initial_state)
     if impl == "auto":
-        impl = _auto_impl(q)
+        impl = _auto_impl(q, v)
     if impl == "recurrent":
         return recurrent_fast_weight(
             q, k, v, beta, rule=rule, attn_norm=attn_norm,

@@ -106,8 +106,8 @@ def test_non_causal_delta_writes_all_keys_then_reads():
     x = torch.randn(5, 1, 16)
     out = attn(x, x, x)[0]
     proj = attn.in_proj(x)
-    q = attn._phi(attn._heads(proj[..., :16]))
-    k = attn._phi(attn._heads(proj[..., 16:32]))
+    q = attn.phi(attn._heads(proj[..., :16]))
+    k = attn.phi(attn._heads(proj[..., 16:32]))
     v = attn._heads(proj[..., 32:48])
     beta = torch.sigmoid(proj[..., 48:])
     _, final = recurrent_fast_weight(k.double(), k.double(), v.double(), beta.double(), rule="delta", output_final_state=True)

@@ -216,14 +216,14 @@ def test_sum_memory_is_the_sum_of_outer_products():
     keys, values, query = _batch()
     state = m.memory(keys, values)
     x = torch.cat([m.key_embed(keys), F.one_hot(values, 8).float()], -1)
-    phik = m.feature_map(m.W_k(x))  # [B, L, d_dot]
+    phik = m.memory_layer.feature_map(m.W_k(x))  # [B, L, d_dot]
     W = torch.einsum("blk,blv->bkv", phik, F.one_hot(values, 8).float())  # Eq. 15: sum_i phi(k_i) v_i^T
     _, scanned = fast_weight_scan(phik.transpose(0, 1).unsqueeze(2), phik.transpose(0, 1).unsqueeze(2),
                                   F.one_hot(values, 8).float().transpose(0, 1).unsqueeze(2), rule="sum",
                                   output_final_state=True)
     assert torch.allclose(scanned.S[:, 0], W, atol=1e-5)  # the closed form is the scan's final state
     assert torch.allclose(state.S[:, 0], W, atol=1e-5)
-    phiq = m.feature_map(m.W_q(m.key_embed(query)))
+    phiq = m.memory_layer.feature_map(m.W_q(m.key_embed(query)))
     want = torch.einsum("bk,bkv->bv", phiq, W) / (torch.einsum("bk,bk->b", phiq, phik.sum(1))[:, None] + EPS)
     assert torch.allclose(m(keys, values, query), want, atol=1e-5)
 
@@ -233,7 +233,7 @@ def test_delta_memory_matches_the_recurrent_reference():
     m = FwpRetrievalModel(fwp(fwp_feature_map="linear", fwp_update_rule="delta", fwp_sum_norm=True), 8, 4).eval()
     keys, values, query = _batch(L=20)
     x = torch.cat([m.key_embed(keys), F.one_hot(values, 8).float()], -1)
-    k = m.feature_map.sum_normalized(m.W_k(x)).double().transpose(0, 1).unsqueeze(2)
+    k = m.memory_layer.feature_map.sum_normalized(m.W_k(x)).double().transpose(0, 1).unsqueeze(2)
     v = F.one_hot(values, 8).double().transpose(0, 1).unsqueeze(2)
     beta = torch.sigmoid(m.W_b(x)).double().squeeze(-1).transpose(0, 1).unsqueeze(2)
     _, ref = recurrent_fast_weight(k, k, v, beta, rule="delta", output_final_state=True)

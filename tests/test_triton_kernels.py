@@ -351,16 +351,19 @@ def test_cpu_tensors_need_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(ValueError, match="CUDA"):
         chunk_linear_attn(q, k, v)
-    assert not dispatch._core("triton").supports(q)
+    assert not dispatch._core("triton").supports(q, v)
 
 
 def test_registered_in_dispatch():
     core = dispatch._core("triton")
     assert "triton" in dispatch.available_impls()
-    x = torch.zeros(1, device=DEVICE)
-    assert core.supports(x) and not core.supports(x.double())
+    x = torch.zeros(4, 1, 1, 8, device=DEVICE)
+    assert core.supports(x, x) and not core.supports(x.double(), x.double())
+    # sizes beyond the kernels' tiles are not claimed, so "auto" keeps them on the chunk path
+    assert not core.supports(torch.zeros(4, 1, 1, 513, device=DEVICE), x)
+    assert not core.supports(x, torch.zeros(4, 1, 1, 257, device=DEVICE))
     if not HAS_CUDA:  # "auto" keeps CPU tensors on the PyTorch path
-        assert dispatch._auto_impl(torch.zeros(4, 1, 1, 8)) == "chunk"
+        assert dispatch._auto_impl(torch.zeros(4, 1, 1, 8), torch.zeros(4, 1, 1, 8)) == "chunk"
 
 
 def test_importing_fwp_kernels_does_not_import_triton():

@@ -8,11 +8,11 @@ Following the paper and the authors' ``synthetic/`` code:
 * query q = W_Q e(q) from the same key embedding;
 * one memory, selected by the ``--fwp-*`` flags: ``--fwp-feature-map softmax`` is
   softmax attention over the sequence (A = softmax(K q / sqrt(d_key))); otherwise the
-  fast weight memory: phi (``build_feature_map``, optionally sum-normalised,
-  ``--fwp-sum-norm``) of keys and query, the whole sequence written with the sum rule
-  (Eq. 15-16, the final state in closed form) or the delta rule
-  (``fwp_kernels.fast_weight_scan``, write strength beta_i = sigmoid(W_beta x_i)), then
-  one read with phi(q), attention-normalised with ``--fwp-attn-norm``;
+  fast weight memory (``FastWeightMemory``, the same maths as the Transformers'
+  attention): phi of keys and query (optionally sum-normalised, ``--fwp-sum-norm``),
+  the whole sequence written with the sum rule (Eq. 15-16, closed form) or the delta
+  rule (write strength beta_i = sigmoid(W_beta x_i)), then one read with phi(q),
+  attention-normalised with ``--fwp-attn-norm``;
 * ``--fwm`` (with ``--fwp-update-rule delta``): the Fast Weight Memory update of
   Schlag et al. (2021) ported as in the authors' code ("Schlag (2021) with DPFP" in
   Fig. 3): delta-rule writes without normalisation, after every write W is scaled
@@ -31,11 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fairseq.models import BaseFairseqModel, register_model
-from fwp_kernels import FastWeightState, fast_weight_scan
-from fwp_kernels.state import EPS
+from fwp_kernels import FastWeightState
 
 from ..config import FwpAttentionConfig
-from ..modules.feature_maps import build_feature_map
+from ..modules.fast_weight_memory import FastWeightMemory
 
 
 @dataclass
@@ -77,10 +76,11 @@ class FwpRetrievalModel(BaseFairseqModel):
         self.W_k = nn.Linear(e + num_keys, d_key)
         self.W_q = nn.Linear(e, d_key)
         self.W_b = nn.Linear(e + num_keys, 1) if self.update_rule == "delta" else None
-        self.feature_map = None
+        self.memory_layer = None  # the fast weight memory (phi, write, read), shared with the Transformers
         if self.kind != "softmax":
-            self.feature_map = build_feature_map(
-                self.kind, d_key, dpfp_nu=int(fwp.fwp_dpfp_nu), favor_features=int(fwp.fwp_favor_features)
+            self.memory_layer = FastWeightMemory(
+                d_key, feature_map=self.kind, update_rule=self.update_rule, sum_norm=self.sum_norm,
+                attn_norm=self.attn_norm, dpfp_nu=int(fwp.fwp_dpfp_nu), favor_features=int(fwp.fwp_favor_features),
             )
         self.reset_parameters()
 
@@ -102,7 +102,7 @@ class FwpRetrievalModel(BaseFairseqModel):
     @property
     def d_dot(self) -> int:
         """Size of phi's output (the memory is d_dot x S); L for softmax (one slot per pair)."""
-        return self.feature_map.d_dot if self.feature_map is not None else -1
+        return self.memory_layer.d_dot if self.memory_layer is not None else -1
 
     def extra_repr(self) -> str:
         rule = "fwm" if self.fwm else self.update_rule
@@ -115,28 +115,19 @@ class FwpRetrievalModel(BaseFairseqModel):
         x = torch.cat([self.key_embed(keys), v], -1)  # [B, L, e + S]
         return x, v
 
-    def _phi(self, x: Tensor) -> Tensor:
-        return self.feature_map.sum_normalized(x) if self.sum_norm else self.feature_map(x)
-
     def memory(self, keys: Tensor, values: Tensor) -> FastWeightState:
         """Write the sequence into a fresh fast weight; S [B, 1, d_dot, S] (+ z with attn norm)."""
-        if self.feature_map is None:
+        if self.memory_layer is None:
             raise ValueError("softmax attention has no fast weight memory")
         x, v = self._inputs(keys, values)
-        k = self._phi(self.W_k(x)).transpose(0, 1).unsqueeze(2)  # [L, B, 1, d_dot]
+        k = self.memory_layer.phi(self.W_k(x)).transpose(0, 1).unsqueeze(2)  # [L, B, 1, d_dot]
         v = v.transpose(0, 1).unsqueeze(2)  # [L, B, 1, S]
         beta = None
         if self.W_b is not None:
             beta = torch.sigmoid(self.W_b(x).float()).squeeze(-1).transpose(0, 1).unsqueeze(2)  # [L, B, 1]
         if self.fwm:
             return self._fwm_write(k, v, beta)
-        if self.update_rule == "sum":
-            # only the final state is read: sum_i phi(k_i) v_i^T (Eq. 15) and z = sum_i phi(k_i)
-            # (Eq. 16), as FastWeightAttention's non-causal write; no scan (and no size limit)
-            S = torch.einsum("tbhk,tbhv->bhkv", k, v.to(k.dtype))
-            return FastWeightState(S, k.sum(0) if self.attn_norm else None)
-        _, state = fast_weight_scan(k, k, v, beta, rule="delta", attn_norm=self.attn_norm, output_final_state=True)
-        return state
+        return self.memory_layer.write(k, v, beta)
 
     @staticmethod
     def _fwm_write(k: Tensor, v: Tensor, beta: Tensor) -> FastWeightState:
@@ -152,10 +143,8 @@ class FwpRetrievalModel(BaseFairseqModel):
 
     def read(self, state: FastWeightState, query: Tensor) -> Tensor:
         """y = W phi(q) [/ z . phi(q)] (Eq. 19/25/28); layer-normalised for --fwm."""
-        q = self._phi(self.W_q(self.key_embed(query))).to(state.S.dtype)  # [B, d_dot]
-        y = torch.einsum("bk,bkv->bv", q, state.S[:, 0])
-        if self.attn_norm:
-            y = y / (torch.einsum("bk,bk->b", q, state.z[:, 0]).unsqueeze(-1) + EPS)
+        q = self.memory_layer.phi(self.W_q(self.key_embed(query)))  # [B, d_dot]
+        y = self.memory_layer.read(q.unsqueeze(1), state).squeeze(1)  # one head
         if self.fwm:
             y = F.layer_norm(y, (y.shape[-1],))
         return y
@@ -168,10 +157,10 @@ class FwpRetrievalModel(BaseFairseqModel):
         return torch.einsum("bl,blv->bv", a, v)
 
     def forward(self, keys: Tensor, values: Tensor, query: Tensor) -> Tensor:
-        if self.feature_map is None:
+        if self.memory_layer is None:
             return self.softmax_read(keys, values, query)
         if self.training:
-            self.feature_map.redraw()  # FAVOR+: new random features every training forward
+            self.memory_layer.feature_map.redraw()  # FAVOR+: new random features every training forward
         return self.read(self.memory(keys, values), query)
 
     def max_positions(self):

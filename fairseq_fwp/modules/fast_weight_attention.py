@@ -27,10 +27,9 @@ import torch.nn as nn
 from torch import Tensor
 
 from fairseq.incremental_decoding_utils import with_incremental_state
-from fwp_kernels import FastWeightState, fast_weight_scan
-from fwp_kernels.state import EPS
+from fwp_kernels import FastWeightState
 
-from .feature_maps import build_feature_map
+from .fast_weight_memory import FastWeightMemory
 
 
 def _linear(in_dim: int, out_dim: int, gain: float = 1.0) -> nn.Linear:
@@ -41,8 +40,9 @@ def _linear(in_dim: int, out_dim: int, gain: float = 1.0) -> nn.Linear:
 
 
 @with_incremental_state
-class FastWeightAttention(nn.Module):
-    """Fast weight attention with fairseq's MultiheadAttention calling convention."""
+class FastWeightAttention(FastWeightMemory):
+    """Fast weight attention with fairseq's MultiheadAttention calling convention:
+    a :class:`FastWeightMemory` per head plus fairseq-style projections."""
 
     def __init__(
         self,
@@ -59,25 +59,20 @@ class FastWeightAttention(nn.Module):
         causal: bool = True,
         self_attention: bool = True,
     ):
-        super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} must be divisible by the number of attention heads {num_heads}")
-        if update_rule not in ("sum", "delta"):
-            raise ValueError(f"--fwp-update-rule must be sum or delta, got {update_rule!r}")
+        super().__init__(
+            embed_dim // num_heads, feature_map=feature_map, update_rule=update_rule, sum_norm=sum_norm,
+            attn_norm=attn_norm, dpfp_nu=dpfp_nu, favor_features=favor_features,
+        )
         if causal and not self_attention:
             raise ValueError("a causal fast weight attention must be a self-attention")
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
-        self.update_rule = update_rule
-        self.sum_norm = sum_norm
-        self.attn_norm = attn_norm
         self.causal = causal
         self.self_attention = self_attention
         self.encoder_decoder_attention = not self_attention
-        self.feature_map = build_feature_map(
-            feature_map, self.head_dim, dpfp_nu=dpfp_nu, favor_features=favor_features
-        )
         n_beta = num_heads if update_rule == "delta" else 0
         if self_attention:
             # one fused projection to q, k, v and beta (Eq. 4 and 21)
@@ -89,11 +84,6 @@ class FastWeightAttention(nn.Module):
         # a dict bound by FwpTransformerDecoder to carry the state across calls (see carry_state)
         self.carry: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None
 
-    @property
-    def d_dot(self) -> int:
-        """Size of phi's output (the fast weight is d_dot x d_head per head)."""
-        return self.feature_map.d_dot
-
     def extra_repr(self) -> str:
         return (
             f"heads={self.num_heads}, head_dim={self.head_dim}, rule={self.update_rule}, "
@@ -104,14 +94,10 @@ class FastWeightAttention(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:
         return x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim)
 
-    def _phi(self, x: Tensor) -> Tensor:
-        """phi (Sec. 5), sum-normalised when --fwp-sum-norm (Eq. 29); float32."""
-        return self.feature_map.sum_normalized(x) if self.sum_norm else self.feature_map(x)
-
     def _keys(self, proj: Tensor, key_padding_mask: Optional[Tensor]):
         """phi(k), v, beta from the fused projection [T, B, 2E(+H)]; padded keys write nothing."""
         E = self.embed_dim
-        k = self._phi(self._heads(proj[..., :E]))
+        k = self.phi(self._heads(proj[..., :E]))
         v = self._heads(proj[..., E : 2 * E])
         beta = torch.sigmoid(proj[..., 2 * E :].float()) if self.update_rule == "delta" else None  # Eq. 21
         if key_padding_mask is not None and key_padding_mask.any():
@@ -121,23 +107,6 @@ class FastWeightAttention(nn.Module):
             if beta is not None:
                 beta = beta.masked_fill(pad[..., None], 0.0)
         return k, v, beta
-
-    def _write(self, k: Tensor, v: Tensor, beta: Optional[Tensor]) -> FastWeightState:
-        """Program the whole key sequence into a fresh fast weight (non-causal memory)."""
-        if self.update_rule == "sum":
-            S = torch.einsum("tbhk,tbhv->bhkv", k, v.to(k.dtype))  # Eq. 15
-            return FastWeightState(S, k.sum(0) if self.attn_norm else None)  # Eq. 16
-        _, state = fast_weight_scan(
-            k, k, v, beta, rule="delta", attn_norm=self.attn_norm, output_final_state=True
-        )
-        return state
-
-    def _read(self, q: Tensor, state: FastWeightState) -> Tensor:
-        """y_i = S^T phi(q_i) [/ z . phi(q_i)] for every query (Eq. 19 / 28)."""
-        y = torch.einsum("tbhk,bhkv->tbhv", q.to(state.S.dtype), state.S)
-        if self.attn_norm:
-            y = y / (torch.einsum("tbhk,bhk->tbh", q.to(state.z.dtype), state.z).unsqueeze(-1) + EPS)
-        return y
 
     def fast_weight_forward(
         self,
@@ -155,20 +124,13 @@ class FastWeightAttention(nn.Module):
             self.feature_map.redraw()
         T, B, E = x.shape
         proj = self.in_proj(x)
-        q = self._phi(self._heads(proj[..., :E]))
+        q = self.phi(self._heads(proj[..., :E]))
         k, v, beta = self._keys(proj[..., E:], key_padding_mask)
-        if initial_state is not None and self.attn_norm and initial_state.z is None:
-            raise ValueError("initial_state.z is required with --fwp-attn-norm")
-        if self.causal or initial_state is not None:
-            out, state = fast_weight_scan(
-                q, k, v, beta, rule=self.update_rule, attn_norm=self.attn_norm,
-                initial_state=initial_state, output_final_state=output_final_state or not self.causal,
-            )
-            if not self.causal:
-                out = self._read(q, state)
+        if self.causal:
+            out, state = self.scan(q, k, v, beta, initial_state, output_final_state)
         else:
-            state = self._write(k, v, beta)
-            out = self._read(q, state)
+            state = self.write(k, v, beta, initial_state)
+            out = self.read(q, state)
         out = self.out_proj(out.reshape(T, B, E).to(x.dtype))
         return out, (state if output_final_state else None)
 
@@ -215,11 +177,11 @@ class FastWeightAttention(nn.Module):
             if key is None:
                 raise ValueError("encoder-decoder fast weight attention needs the encoder output as key")
             k, v, beta = self._keys(self.kv_proj(key), key_padding_mask)
-            memory = self._write(k, v, beta)
+            memory = self.write(k, v, beta)
             if incremental_state is not None:
                 self._save_state(incremental_state, memory)
-        q = self._phi(self._heads(self.q_proj(query)))
-        out = self._read(q, memory)
+        q = self.phi(self._heads(self.q_proj(query)))
+        out = self.read(q, memory)
         return self.out_proj(out.reshape(T, B, E).to(query.dtype))
 
     def _load_state(self, carrier) -> Optional[FastWeightState]:
