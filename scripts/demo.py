@@ -242,14 +242,14 @@ def bleu_from_generate(gen_path: str) -> dict:
             "signature": str(bleu.get_signature() if hasattr(bleu, "get_signature") else "")}
 
 
-def stage_mt(out: str, data: str, names: List[str], epochs: int) -> Dict[str, dict]:
-    results = {}
-    banner(f"3/6 translation: fairseq-train arch fwp_transformer ({', '.join(names)}; {epochs} epochs each)")
+def train_runs(out: str, prefix: str, names: List[str], train_cmd) -> None:
+    """fairseq-train one run per attention under outputs/<run>; finished runs are skipped and
+    an interrupted one resumes from its checkpoint_last.pt."""
     for name in names:
         label, flags = ATTENTIONS[name]
-        run = os.path.join(out, "runs", f"mt_{name}")
+        run = os.path.join(out, "runs", f"{prefix}_{name}")
         os.makedirs(run, exist_ok=True)
-        cmd = mt_train_cmd(data, os.path.join(run, "checkpoints"), flags, epochs)
+        cmd = train_cmd(os.path.join(run, "checkpoints"), flags)
         print(f"--- {label}: {' '.join(flags)}", flush=True)
         if is_done(run, cmd):
             info("already trained")
@@ -263,6 +263,12 @@ def stage_mt(out: str, data: str, names: List[str], epochs: int) -> Dict[str, di
                 os.remove(os.path.join(run, stale))
         run_logged(cmd, os.path.join(run, "train.log"))
         mark_done(run, {"cmd": cmd})
+
+
+def stage_mt(out: str, data: str, names: List[str], epochs: int) -> Dict[str, dict]:
+    results = {}
+    banner(f"3/6 translation: fairseq-train arch fwp_transformer ({', '.join(names)}; {epochs} epochs each)")
+    train_runs(out, "mt", names, lambda ckpt, flags: mt_train_cmd(data, ckpt, flags, epochs))
     banner("4/6 translation: fairseq-generate (beam 4) + sacreBLEU on test")
     for name in names:
         label, _ = ATTENTIONS[name]
@@ -295,24 +301,7 @@ def stage_mt(out: str, data: str, names: List[str], epochs: int) -> Dict[str, di
 def stage_lm(out: str, data: str, names: List[str], epochs: int) -> Dict[str, dict]:
     results = {}
     banner(f"5/6 language model: fairseq-train arch fwp_lm ({', '.join(names)}; {epochs} epochs each)")
-    for name in names:
-        label, flags = ATTENTIONS[name]
-        run = os.path.join(out, "runs", f"lm_{name}")
-        os.makedirs(run, exist_ok=True)
-        cmd = lm_train_cmd(data, os.path.join(run, "checkpoints"), flags, epochs)
-        print(f"--- {label}: {' '.join(flags)}", flush=True)
-        if is_done(run, cmd):
-            info("already trained")
-            continue
-        with open(os.path.join(run, "train_command.sh"), "w") as f:
-            f.write(shlex.join(cmd) + "\n")
-        if os.path.exists(os.path.join(run, "checkpoints", "checkpoint_last.pt")):
-            info("resuming from checkpoint_last.pt (fairseq continues where it stopped)")
-        for stale in ("bleu.json", "ppl.json"):  # results of an earlier training run
-            if os.path.exists(os.path.join(run, stale)):
-                os.remove(os.path.join(run, stale))
-        run_logged(cmd, os.path.join(run, "train.log"))
-        mark_done(run, {"cmd": cmd})
+    train_runs(out, "lm", names, lambda ckpt, flags: lm_train_cmd(data, ckpt, flags, epochs))
     banner("6/6 language model: fairseq-eval-lm on test")
     for name in names:
         label, _ = ATTENTIONS[name]
