@@ -151,8 +151,14 @@ def fast_weight_scan(
     ``z . phi(q)`` (Eq. 19/28) and, for the delta rule, the retrieved value by
     ``z . phi(k)`` (Eq. 26), which is the same recurrence with erase strength
     ``c_i = beta_i / (z_{i-1} . phi(k_i))``. Returns ``(out [T,B,H,d_value], state or None)``.
+    q, k, v of different dtypes are computed in their common (widest) dtype; the output
+    has that dtype, states are float32 (float64 for float64 inputs).
     """
     _check(q, k, v, beta, rule, initial_state)
+    if not (q.dtype == k.dtype == v.dtype):
+        # mixed inputs (e.g. float32 phi with half v) run in their common, widest dtype
+        dt = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+        q, k, v = q.to(dt), k.to(dt), v.to(dt)
     if impl == "auto":
         impl = _auto_impl(q, v)
     if impl == "recurrent":

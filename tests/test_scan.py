@@ -125,3 +125,11 @@ def test_bad_inputs_name_the_argument():
     bad = FastWeightState(torch.zeros(2, 2, 3, 5, dtype=torch.float64))
     with pytest.raises(ValueError, match="initial_state.S"):
         fast_weight_scan(q, k, v, initial_state=bad)
+
+
+def test_mixed_dtypes_run_in_their_common_dtype():
+    q, k, v, beta, _ = inputs(20, dtype=torch.float64)
+    ref, _ = fast_weight_scan(q, k, v, beta, rule="delta", impl="recurrent")
+    out, _ = fast_weight_scan(q.float(), k.float(), v.half(), beta.float(), rule="delta", impl="chunk")
+    assert out.dtype == torch.float32
+    assert rel(out.double(), ref) < 1e-3  # v rounded to fp16

@@ -418,3 +418,28 @@ def test_kernels_compile_for_h100_within_shared_memory():
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.count("\n") == 18
+
+
+@pytest.mark.parametrize("rule,attn_norm", [("delta", False), ("sum", True)])
+def test_half_precision_attention_runs_on_the_triton_path(rule, attn_norm, monkeypatch):
+    """--fp16 training: the attention hands the kernels phi(q), phi(k) and v in one half
+    dtype; outputs match the float32 module and the float64-backed recurrent path."""
+    from fairseq_fwp.modules import FastWeightAttention
+
+    torch.manual_seed(0)
+    attn = FastWeightAttention(32, 2, feature_map="dpfp", update_rule=rule, sum_norm=True, attn_norm=attn_norm).eval()
+    x = torch.randn(40, 2, 32)
+    ref = attn.fast_weight_forward(x)[0]
+    used = []
+    real_core = dispatch._core
+
+    def spy(name):
+        used.append(name)
+        return real_core(name)
+
+    monkeypatch.setattr(dispatch, "_auto_impl", lambda q, v: "triton")
+    monkeypatch.setattr(dispatch, "_core", spy)
+    half = attn.to(DEVICE).half()
+    out = half.fast_weight_forward(x.to(DEVICE).half())[0]
+    assert used == ["triton"] and out.dtype == torch.float16
+    assert rel(out.float().cpu(), ref) < 1e-2

@@ -12,7 +12,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from fwp_kernels import FastWeightState, fast_weight_scan
-from fwp_kernels.state import EPS
+from fwp_kernels.state import EPS, acc_dtype
 
 from .feature_maps import build_feature_map
 
@@ -45,8 +45,12 @@ class FastWeightMemory(nn.Module):
         return self.feature_map.d_dot
 
     def phi(self, x: Tensor) -> Tensor:
-        """phi (Sec. 5), sum-normalised when --fwp-sum-norm (Eq. 29); float32."""
-        return self.feature_map.sum_normalized(x) if self.sum_norm else self.feature_map(x)
+        """phi (Sec. 5), sum-normalised when --fwp-sum-norm (Eq. 29).
+
+        Computed in float32, returned in x's dtype: with --fp16/--bf16 the scan gets
+        half-precision phi(q), phi(k) and v (and accumulates in float32)."""
+        phi = self.feature_map.sum_normalized(x) if self.sum_norm else self.feature_map(x)
+        return phi.to(x.dtype)
 
     def scan(
         self,
@@ -70,8 +74,9 @@ class FastWeightMemory(nn.Module):
     ) -> FastWeightState:
         """Program a whole key sequence phi(k), v into the fast weight; returns the final state."""
         if initial_state is None and self.update_rule == "sum":
-            S = torch.einsum("tbhk,tbhv->bhkv", k, v.to(k.dtype))  # Eq. 15, in closed form
-            return FastWeightState(S, k.sum(0) if self.attn_norm else None)  # Eq. 16
+            kf = k.to(acc_dtype(k.dtype))
+            S = torch.einsum("tbhk,tbhv->bhkv", kf, v.to(kf.dtype))  # Eq. 15, in closed form
+            return FastWeightState(S, kf.sum(0) if self.attn_norm else None)  # Eq. 16
         _, state = self.scan(k, k, v, beta, initial_state=initial_state, output_final_state=True)
         return state
 
