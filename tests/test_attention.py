@@ -261,3 +261,20 @@ def test_adaptive_softmax_cutoff_beyond_vocab_is_refused():
         from fwp_helpers import tiny_lm as build
 
         build(extra=["--arch", "fwp_lm_wt103_small"])
+
+
+@pytest.mark.parametrize("feature_map", FEATURE_MAPS)
+@pytest.mark.parametrize("rule", RULES)
+def test_half_precision_model_matches_float32(feature_map, rule):
+    """fairseq --fp16 / --bf16 call model.half() / .bfloat16(): every feature map and rule
+    must still run (FAVOR+'s feature buffer becomes half) and match the float32 model."""
+    torch.manual_seed(0)
+    model, d = tiny_translation_model(feature_map=feature_map, rule=rule, sum_norm=True, attn_norm=rule == "sum")
+    model.eval()
+    src, prev, lens = random_tokens(d, 2, 7), random_tokens(d, 2, 6), torch.tensor([7, 7])
+    ref, _ = model(src, lens, prev)
+    for dtype, tol in ((torch.float16, 5e-3), (torch.bfloat16, 3e-2)):
+        out, _ = model.to(dtype)(src, lens, prev)
+        assert out.dtype == dtype
+        assert rel(out.float(), ref) < tol
+        model.float()

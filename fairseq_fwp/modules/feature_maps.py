@@ -111,7 +111,7 @@ class Favor(FeatureMap):
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
-        proj = x @ self.features.t()
+        proj = x @ self.features.float().t()  # the buffer is half after model.half() (--fp16)
         base = -0.5 * (x * x).sum(-1, keepdim=True) - 0.5 * math.log(2 * self.m)
         return torch.cat([proj, -proj], -1) + base
 
