@@ -7,8 +7,9 @@ Implementations (``impl``):
   * ``"chunk"``     - chunk-parallel PyTorch (:mod:`fwp_kernels.chunk_torch`); the CPU path.
   * ``"triton"``    - chunk-parallel Triton kernels (CUDA only), registered by
     :func:`register_impl`.
-  * ``"auto"``      - ``"recurrent"`` for T = 1, else ``"triton"`` on CUDA when registered and
-    importable, else ``"chunk"``.
+  * ``"auto"``      - ``"triton"`` on CUDA when registered, importable and the sizes fit
+    (one-token step kernels when T = 1 and no gradient is needed), else ``"recurrent"``
+    for T = 1 and ``"chunk"`` otherwise.
 
 A core implementation provides ``linear_attn(q, k, v, S0) -> (o, S)`` and
 ``delta_rule(q, k, v, beta, erase, S0) -> (o, S)`` on un-normalised inputs.
@@ -40,16 +41,37 @@ def _torch_core() -> CoreImpl:
     )
 
 
+def _decoding_step(q: torch.Tensor, *tensors) -> bool:
+    """One token and no gradient wanted: the one-token step kernels apply (incremental decoding)."""
+    return q.shape[0] == 1 and not (
+        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q,) + tensors)
+    )
+
+
 def _triton_core() -> CoreImpl:
-    """The Triton chunked kernels (:mod:`fwp_kernels.linear_attn`, :mod:`fwp_kernels.delta_rule`).
+    """The Triton kernels (:mod:`fwp_kernels.linear_attn`, :mod:`fwp_kernels.delta_rule`):
+    chunked forward/backward, and the one-token step kernels for decoding (T = 1, no grad).
 
     Imported on first use only (importing fwp_kernels never imports Triton). Supports
     float32/float16/bfloat16 tensors on CUDA, or on CPU under ``TRITON_INTERPRET=1``."""
     import os
 
-    from .delta_rule import chunk_delta_rule
-    from .linear_attn import chunk_linear_attn
+    from .delta_rule import chunk_delta_rule, delta_rule_step
+    from .linear_attn import chunk_linear_attn, linear_attn_step
     from .triton_utils import MAX_D_DOT, MAX_D_VALUE
+
+    def zero_state(q, v):
+        return q.new_zeros(q.shape[1], q.shape[2], q.shape[3], v.shape[3], dtype=torch.float32)
+
+    def linear_attn(q, k, v, S0):
+        if _decoding_step(q, k, v, S0):
+            return linear_attn_step(q, k, v, zero_state(q, v) if S0 is None else S0)
+        return chunk_linear_attn(q, k, v, initial_state=S0, output_final_state=True)
+
+    def delta_rule(q, k, v, b, c, S0):
+        if _decoding_step(q, k, v, b, c, S0):
+            return delta_rule_step(q, k, v, b, zero_state(q, v) if S0 is None else S0, erase=c)
+        return chunk_delta_rule(q, k, v, b, erase=c, initial_state=S0, output_final_state=True)
 
     def supports(q: torch.Tensor, v: torch.Tensor) -> bool:
         on_device = q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
@@ -60,15 +82,7 @@ def _triton_core() -> CoreImpl:
             and v.shape[-1] <= MAX_D_VALUE
         )
 
-    return CoreImpl(
-        linear_attn=lambda q, k, v, S0: chunk_linear_attn(
-            q, k, v, initial_state=S0, output_final_state=True
-        ),
-        delta_rule=lambda q, k, v, b, c, S0: chunk_delta_rule(
-            q, k, v, b, erase=c, initial_state=S0, output_final_state=True
-        ),
-        supports=supports,
-    )
+    return CoreImpl(linear_attn=linear_attn, delta_rule=delta_rule, supports=supports)
 
 
 _LOADERS: Dict[str, Callable[[], CoreImpl]] = {"chunk": _torch_core, "triton": _triton_core}
@@ -92,16 +106,16 @@ def _core(name: str) -> CoreImpl:
 
 
 def _auto_impl(q: torch.Tensor, v: torch.Tensor) -> str:
-    """Same maths everywhere; only speed differs. Sizes beyond the Triton tiles use "chunk"."""
-    if q.shape[0] == 1:
-        return "recurrent"
+    """Same maths everywhere; only speed differs. On CUDA the Triton kernels (chunked, or the
+    step kernels for one decoding token); sizes beyond their tiles and CPU tensors use the
+    PyTorch paths ("recurrent" for one token, else "chunk")."""
     if q.is_cuda and "triton" in _LOADERS:
         try:
             if _core("triton").supports(q, v):
                 return "triton"
         except ImportError:
             pass
-    return "chunk"
+    return "recurrent" if q.shape[0] == 1 else "chunk"
 
 
 def _check(q, k, v, beta, rule, initial_state):
