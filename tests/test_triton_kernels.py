@@ -170,6 +170,20 @@ def test_chunk_delta_rule_matches_reference(shape, init, erase, dtype):
         assert rel(a, b) < tol, name
 
 
+@pytest.mark.parametrize("reg_max", [0, 32], ids=["state_in_global_memory", "state_in_registers"])
+def test_delta_rule_sequential_passes_both_state_paths(reg_max, monkeypatch):
+    """The sequential delta-rule passes carry the state column in registers (d_dot up to
+    REG_STATE_MAX_D_DOT) or through global memory one d_dot tile at a time. Force each
+    path at d_dot 24 with 16-wide tiles (two tiles, the second masked)."""
+    import fwp_kernels.delta_rule.chunk as dr
+    import fwp_kernels.triton_utils as tu
+
+    monkeypatch.setattr(tu, "REG_STATE_MAX_D_DOT", reg_max)
+    monkeypatch.setattr(dr, "tile_sizes", lambda K, V: (16, 16))
+    assert tu.state_block(24) == (32 if reg_max else 0)
+    test_chunk_delta_rule_matches_reference((37, 2, 1, 24, 40, 16), True, True, torch.float32)
+
+
 def test_literal_erase_reference_is_the_paper_delta_rule():
     """The test-local erase reference reduces to recurrent_fast_weight when c = beta."""
     q, k, v, beta, _, S0 = f64(make_inputs(9, 2, 2, 6, 5, torch.float32, seed=3, init=True))
@@ -382,7 +396,7 @@ import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from fwp_kernels.triton_utils import NUM_WARPS
+from fwp_kernels.triton_utils import NUM_WARPS, REG_STATE_MAX_D_DOT as REG, state_pass_options
 from fwp_kernels.linear_attn import chunk as la, step as las
 from fwp_kernels.delta_rule import chunk as dr, step as drs
 KERNELS = [
@@ -392,8 +406,10 @@ KERNELS = [
     (la.linear_attn_dqk_kernel, "q k v do dq dk", "h dh", {}),
     (la.linear_attn_dv_kernel, "q k do dv", "dh", {}),
     (dr.delta_rule_prepare_kernel, "k v beta erase", "x w u", {}),
-    (dr.delta_rule_state_fwd_kernel, "k", "w u h0 h vnew", {"HAS_H0": True}),
-    (dr.delta_rule_state_bwd_kernel, "q k v beta erase do dv", "x dht dh dux dbeta", {"HAS_DHT": True}),
+    (dr.delta_rule_state_fwd_kernel, "k", "w u h0 h vnew", {"HAS_H0": True, "BKH": 0}),
+    (dr.delta_rule_state_fwd_kernel, "k", "w u h0 h vnew", {"HAS_H0": True, "BKH": REG}),
+    (dr.delta_rule_state_bwd_kernel, "q k v beta erase do dv", "x dht dh dux dbeta", {"HAS_DHT": True, "BKH": 0}),
+    (dr.delta_rule_state_bwd_kernel, "q k v beta erase do dv", "x dht dh dux dbeta", {"HAS_DHT": True, "BKH": REG}),
     (dr.delta_rule_dqk_kernel, "q k erase do dq dk", "vnew dux h dh dc", {}),
 ]
 target = GPUTarget("cuda", 90, 32)
@@ -402,9 +418,11 @@ for dt in sys.argv[1:]:
         consts = dict(C=64, BK=32, BV=32, PREC="tf32x3" if dt == "fp32" else "tf32", **extra)
         sig = {n: "constexpr" if n in consts else "*" + dt if n in in_ptrs.split()
                else "*fp32" if n in f32_ptrs.split() else "i32" for n in fn.arg_names}
-        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,
-                           options={"num_warps": NUM_WARPS})
-        print(fn.__name__, dt, k.metadata.shared)
+        opts = dict(num_warps=NUM_WARPS)
+        if extra.get("BKH"):  # the register-state passes launch with their own pipelining depth
+            opts.update(state_pass_options(REG, forward="HAS_H0" in extra))
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target, options=opts)
+        print(fn.__name__, extra.get("BKH", ""), dt, k.metadata.shared)
         assert k.metadata.shared <= 232448, (fn.__name__, dt, k.metadata.shared)
 """
 
@@ -417,7 +435,7 @@ def test_kernels_compile_for_h100_within_shared_memory():
     res = subprocess.run([sys.executable, "-c", _COMPILE_CHECK, "fp32", "bf16"], env=env,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.count("\n") == 18
+    assert res.stdout.count("\n") == 22
 
 
 @pytest.mark.parametrize("rule,attn_norm", [("delta", False), ("sum", True)])
@@ -481,3 +499,46 @@ def test_decoding_steps_through_dispatch_use_the_step_kernels(rule, attn_norm, m
         assert rel(state.S.cpu(), ref_state.S) < 2e-5
     finally:
         dispatch._LOADED.pop("triton", None)
+
+
+# ------------------------------------------------------------------ GPU, model sizes
+# On a GPU the kernels also run at the sizes the models use (the interpreter tests above
+# keep shapes small for CPU time): T with a tail past several chunks, d_dot 64..512,
+# d_value 64..256, an initial state, every gradient, in fp32, fp16 and bf16. The float64
+# reference is the chunked PyTorch path (itself tested equal to the step-by-step
+# reference in tests/test_scan.py), run on the GPU. Tolerances: fp32 uses tf32x3 dots
+# (about fp32 accurate); fp16/bf16 round the outputs and gradients to the input dtype and
+# use tf32 dots on fp32 chunk states, so errors grow slowly with T.
+GPU_RTOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+GPU_SHAPES = [(2085, 2, 4, 64, 64), (1100, 1, 8, 256, 128), (700, 2, 2, 512, 64), (600, 1, 2, 128, 256)]
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="model-size launches need a GPU (CPU runs the interpreter tests above)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("rule", ["sum", "delta", "delta+erase"])
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "T{}B{}H{}K{}V{}".format(*s))
+def test_model_sizes_on_gpu(shape, rule, dtype):
+    from fwp_kernels.chunk_torch import chunk_delta_rule_torch, chunk_linear_attn_torch
+
+    T, B, H, K, V = shape
+    q, k, v, beta, c, S0 = make_inputs(T, B, H, K, V, dtype, seed=T + K, init=True, erase=rule == "delta+erase")
+    if rule == "sum":
+        ours = lambda q, k, v, beta, c, S0: chunk_linear_attn(  # noqa: E731
+            q, k, v, initial_state=S0, output_final_state=True)
+        ref = lambda q, k, v, beta, c, S0: chunk_linear_attn_torch(  # noqa: E731
+            q, k, v, initial_state=S0)
+    else:
+        ours = lambda q, k, v, beta, c, S0: chunk_delta_rule(  # noqa: E731
+            q, k, v, beta, erase=c, initial_state=S0, output_final_state=True)
+        ref = lambda q, k, v, beta, c, S0: chunk_delta_rule_torch(  # noqa: E731
+            q, k, v, beta, erase=c, initial_state=S0)
+    leaves = [q, k, v, beta if rule != "sum" else None, c, S0]
+    o, S, g = grads_of(ours, leaves, seed=21)
+    o_r, S_r, g_r = grads_of(ref, f64(leaves), seed=21)
+    tol = GPU_RTOL[dtype]
+    errs = {"o": rel(o, o_r), "S": rel(S, S_r)}
+    for name, a, b in zip(["dq", "dk", "dv", "dbeta", "derase", "dS0"], g, g_r):
+        if b is not None:
+            errs[name] = rel(a, b)
+    bad = {n: e for n, e in errs.items() if not e < tol}
+    assert not bad, f"relative errors above {tol}: {bad} (all: {errs})"

@@ -61,6 +61,8 @@ from ..triton_utils import (
     dot_precision,
     load_tile,
     load_vec,
+    state_block,
+    state_pass_options,
     store_tile,
     strides3,
     strides4,
@@ -129,11 +131,13 @@ def delta_rule_state_fwd_kernel(
     s_kt, s_kb, s_kh, s_kd,
     NT,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_H0: tl.constexpr, PREC: tl.constexpr,
+    HAS_H0: tl.constexpr, PREC: tl.constexpr, BKH: tl.constexpr,
 ):
     """Grid (B*H, NV): for n = 0..NT-1: U = U0 - W h_n, h_{n+1} = h_n + K^T U.
 
-    h: [B*H, NT+1, K, V]; vnew (U): [B*H, T_pad, V] (float32)."""
+    h: [B*H, NT+1, K, V]; vnew (U): [B*H, T_pad, V] (float32). BKH > 0: the whole d_dot
+    column of the state (BKH >= K) is carried in registers; BKH = 0: it is carried in h
+    itself, d_dot tile by d_dot tile (any K)."""
     i_bh = tl.program_id(0).to(tl.int64)
     i_v = tl.program_id(1)
     i_b = i_bh // H
@@ -144,27 +148,62 @@ def delta_rule_state_fwd_kernel(
     u_base = u + i_bh * T_pad * V
     vnew_base = vnew + i_bh * T_pad * V
     h_base = h + i_bh * (NT + 1) * K * V
-    for i_k in range(tl.cdiv(K, BK)):
+    if BKH > 0:
         if HAS_H0:
-            b_h = load_tile(h0 + i_bh * K * V, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+            b_hr = load_tile(h0 + i_bh * K * V, V, 1, 0, i_v * BV, K, V, BKH, BV)
         else:
-            b_h = tl.zeros([BK, BV], dtype=tl.float32)
-        store_tile(h_base, b_h, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
-    tl.debug_barrier()
-    for n in range(NT):
-        hn_base = h_base + n * K * V
-        b_u = load_tile(u_base, V, 1, n * C, i_v * BV, T_pad, V, C, BV)
+            b_hr = tl.zeros([BKH, BV], dtype=tl.float32)
+        for n in range(NT):
+            store_tile(h_base + n * K * V, b_hr, V, 1, 0, i_v * BV, K, V, BKH, BV)
+            b_w = load_tile(w_base, K, 1, n * C, 0, T_pad, K, C, BKH)
+            b_u = load_tile(u_base, V, 1, n * C, i_v * BV, T_pad, V, C, BV)
+            b_u -= tl.dot(b_w, b_hr, input_precision=PREC)
+            store_tile(vnew_base, b_u, V, 1, n * C, i_v * BV, T_pad, V, C, BV)
+            b_kT = load_tile(k_base, s_kd, s_kt, 0, n * C, K, T, BKH, C)
+            b_hr += tl.dot(b_kT, b_u, input_precision=PREC)
+        store_tile(h_base + NT * K * V, b_hr, V, 1, 0, i_v * BV, K, V, BKH, BV)
+    else:
         for i_k in range(tl.cdiv(K, BK)):
-            b_w = load_tile(w_base, K, 1, n * C, i_k * BK, T_pad, K, C, BK)
-            b_h = load_tile(hn_base, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
-            b_u -= tl.dot(b_w, b_h, input_precision=PREC)
-        store_tile(vnew_base, b_u, V, 1, n * C, i_v * BV, T_pad, V, C, BV)
-        for i_k in range(tl.cdiv(K, BK)):
-            b_h = load_tile(hn_base, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
-            b_kT = load_tile(k_base, s_kd, s_kt, i_k * BK, n * C, K, T, BK, C)
-            b_h += tl.dot(b_kT, b_u, input_precision=PREC)
-            store_tile(hn_base + K * V, b_h, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+            if HAS_H0:
+                b_h = load_tile(h0 + i_bh * K * V, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+            else:
+                b_h = tl.zeros([BK, BV], dtype=tl.float32)
+            store_tile(h_base, b_h, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
         tl.debug_barrier()
+        for n in range(NT):
+            hn_base = h_base + n * K * V
+            b_u = load_tile(u_base, V, 1, n * C, i_v * BV, T_pad, V, C, BV)
+            for i_k in range(tl.cdiv(K, BK)):
+                b_w = load_tile(w_base, K, 1, n * C, i_k * BK, T_pad, K, C, BK)
+                b_h = load_tile(hn_base, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+                b_u -= tl.dot(b_w, b_h, input_precision=PREC)
+            store_tile(vnew_base, b_u, V, 1, n * C, i_v * BV, T_pad, V, C, BV)
+            for i_k in range(tl.cdiv(K, BK)):
+                b_h = load_tile(hn_base, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+                b_kT = load_tile(k_base, s_kd, s_kt, i_k * BK, n * C, K, T, BK, C)
+                b_h += tl.dot(b_kT, b_u, input_precision=PREC)
+                store_tile(hn_base + K * V, b_h, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+            tl.debug_barrier()
+
+
+@triton.jit
+def _delta_rule_dux(
+    b_du, x_base, dux_base, beta_base, s_bt, erase_base, s_ct, v_base, s_vt, s_vd,
+    dbeta_base, dv_base, s_gt, n, i_v, T, V, T_pad,
+    C: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """One chunk of the reverse pass, shared by both state paths: dUX = X^T dU (stored),
+    dV = diag(beta) dUX, this d_value tile's part of dbeta = rowsum(V * dUX).
+    Returns (dUX, c) for the state-gradient update."""
+    b_xT = load_tile(x_base, 1, C, 0, n * C, C, T_pad, C, C)  # X_n^T
+    b_dux = tl.dot(b_xT, b_du, input_precision=PREC)
+    store_tile(dux_base, b_dux, V, 1, n * C, i_v * BV, T_pad, V, C, BV)
+    b_beta = load_vec(beta_base, s_bt, n * C, T, C)
+    b_c = load_vec(erase_base, s_ct, n * C, T, C)
+    b_v = load_tile(v_base, s_vt, s_vd, n * C, i_v * BV, T, V, C, BV)
+    tl.store(dbeta_base + n * C + tl.arange(0, C), tl.sum(b_v * b_dux, 1))
+    store_tile(dv_base, b_dux * b_beta[:, None], s_gt, 1, n * C, i_v * BV, T, V, C, BV)
+    return b_dux, b_c
 
 
 @triton.jit
@@ -179,9 +218,9 @@ def delta_rule_state_bwd_kernel(
     s_dt, s_db, s_dh, s_dd,
     s_gt, NT,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_DHT: tl.constexpr, PREC: tl.constexpr,
+    HAS_DHT: tl.constexpr, PREC: tl.constexpr, BKH: tl.constexpr,
 ):
-    """Grid (B*H, NV): reverse pass over chunks.
+    """Grid (B*H, NV): reverse pass over chunks (BKH as in delta_rule_state_fwd_kernel).
 
     dU = triu(K Q^T) dO + K dh_{n+1}; dUX = X^T dU; dh_n = dh_{n+1} + Q^T dO - K^T diag(c) dUX;
     dV = diag(beta) dUX; dbeta partial (this d_value tile) = rowsum(V * dUX).
@@ -199,46 +238,65 @@ def delta_rule_state_bwd_kernel(
     dh_base = dh + i_bh * (NT + 1) * K * V
     dux_base = dux + i_bh * T_pad * V
     x_base = x + i_bh * T_pad * C
-    for i_k in range(tl.cdiv(K, BK)):
-        if HAS_DHT:
-            b_dh = load_tile(dht + i_bh * K * V, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
-        else:
-            b_dh = tl.zeros([BK, BV], dtype=tl.float32)
-        store_tile(dh_base + NT * K * V, b_dh, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
-    tl.debug_barrier()
+    beta_base = beta + i_b * s_bb + i_h * s_bh
+    erase_base = erase + i_b * s_cb + i_h * s_ch
+    dbeta_base = dbeta + (i_v * tl.num_programs(0) + i_bh) * T_pad
     rows = tl.arange(0, C)
-    for i in range(NT):
-        n = NT - 1 - i
-        dh_next = dh_base + (n + 1) * K * V
-        b_du = tl.zeros([C, BV], dtype=tl.float32)
-        b_sT = tl.zeros([C, C], dtype=tl.float32)  # K Q^T
+    if BKH > 0:
+        if HAS_DHT:
+            b_dhr = load_tile(dht + i_bh * K * V, V, 1, 0, i_v * BV, K, V, BKH, BV)
+        else:
+            b_dhr = tl.zeros([BKH, BV], dtype=tl.float32)
+        store_tile(dh_base + NT * K * V, b_dhr, V, 1, 0, i_v * BV, K, V, BKH, BV)
+        for i in range(NT):
+            n = NT - 1 - i
+            # short live ranges (register pressure): dU needs dh_{n+1}, so Q^T dO is added
+            # to the carried dh right after it, and K^T is reloaded for the erase term.
+            b_k = load_tile(k_base, s_kt, s_kd, n * C, 0, T, K, C, BKH)
+            b_qT = load_tile(q_base, s_qd, s_qt, 0, n * C, K, T, BKH, C)
+            b_do = load_tile(do_base, s_dt, s_dd, n * C, i_v * BV, T, V, C, BV)
+            b_sT = tl.where(rows[:, None] <= rows[None, :], tl.dot(b_k, b_qT, input_precision=PREC), 0.0)
+            b_du = tl.dot(b_k, b_dhr, input_precision=PREC) + tl.dot(b_sT, b_do, input_precision=PREC)
+            b_dhr += tl.dot(b_qT, b_do, input_precision=PREC)
+            b_dux, b_c = _delta_rule_dux(
+                b_du, x_base, dux_base, beta_base, s_bt, erase_base, s_ct, v_base, s_vt, s_vd,
+                dbeta_base, dv + i_bh * V, s_gt, n, i_v, T, V, T_pad, C, BV, PREC)
+            b_kT = load_tile(k_base, s_kd, s_kt, 0, n * C, K, T, BKH, C)
+            b_dhr -= tl.dot(b_kT * b_c[None, :], b_dux, input_precision=PREC)
+            store_tile(dh_base + n * K * V, b_dhr, V, 1, 0, i_v * BV, K, V, BKH, BV)
+    else:
         for i_k in range(tl.cdiv(K, BK)):
-            b_k = load_tile(k_base, s_kt, s_kd, n * C, i_k * BK, T, K, C, BK)
-            b_qT = load_tile(q_base, s_qd, s_qt, i_k * BK, n * C, K, T, BK, C)
-            b_dh = load_tile(dh_next, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
-            b_du += tl.dot(b_k, b_dh, input_precision=PREC)
-            b_sT += tl.dot(b_k, b_qT, input_precision=PREC)
-        b_sT = tl.where(rows[:, None] <= rows[None, :], b_sT, 0.0)
-        b_do = load_tile(do_base, s_dt, s_dd, n * C, i_v * BV, T, V, C, BV)
-        b_du += tl.dot(b_sT, b_do, input_precision=PREC)
-        b_xT = load_tile(x_base, 1, C, 0, n * C, C, T_pad, C, C)  # X_n^T
-        b_dux = tl.dot(b_xT, b_du, input_precision=PREC)
-        store_tile(dux_base, b_dux, V, 1, n * C, i_v * BV, T_pad, V, C, BV)
-
-        b_beta = load_vec(beta + i_b * s_bb + i_h * s_bh, s_bt, n * C, T, C)
-        b_c = load_vec(erase + i_b * s_cb + i_h * s_ch, s_ct, n * C, T, C)
-        b_v = load_tile(v_base, s_vt, s_vd, n * C, i_v * BV, T, V, C, BV)
-        tl.store(dbeta + (i_v * tl.num_programs(0) + i_bh) * T_pad + n * C + rows, tl.sum(b_v * b_dux, 1))
-        store_tile(dv + i_bh * V, b_dux * b_beta[:, None], s_gt, 1, n * C, i_v * BV, T, V, C, BV)
-
-        for i_k in range(tl.cdiv(K, BK)):
-            b_dh = load_tile(dh_next, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
-            b_qT = load_tile(q_base, s_qd, s_qt, i_k * BK, n * C, K, T, BK, C)
-            b_kT = load_tile(k_base, s_kd, s_kt, i_k * BK, n * C, K, T, BK, C)
-            b_dh += tl.dot(b_qT, b_do, input_precision=PREC)
-            b_dh -= tl.dot(b_kT * b_c[None, :], b_dux, input_precision=PREC)
-            store_tile(dh_base + n * K * V, b_dh, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+            if HAS_DHT:
+                b_dh = load_tile(dht + i_bh * K * V, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+            else:
+                b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+            store_tile(dh_base + NT * K * V, b_dh, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
         tl.debug_barrier()
+        for i in range(NT):
+            n = NT - 1 - i
+            dh_next = dh_base + (n + 1) * K * V
+            b_du = tl.zeros([C, BV], dtype=tl.float32)
+            b_sT = tl.zeros([C, C], dtype=tl.float32)  # K Q^T
+            for i_k in range(tl.cdiv(K, BK)):
+                b_k = load_tile(k_base, s_kt, s_kd, n * C, i_k * BK, T, K, C, BK)
+                b_qT = load_tile(q_base, s_qd, s_qt, i_k * BK, n * C, K, T, BK, C)
+                b_dh = load_tile(dh_next, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+                b_du += tl.dot(b_k, b_dh, input_precision=PREC)
+                b_sT += tl.dot(b_k, b_qT, input_precision=PREC)
+            b_sT = tl.where(rows[:, None] <= rows[None, :], b_sT, 0.0)
+            b_do = load_tile(do_base, s_dt, s_dd, n * C, i_v * BV, T, V, C, BV)
+            b_du += tl.dot(b_sT, b_do, input_precision=PREC)
+            b_dux, b_c = _delta_rule_dux(
+                b_du, x_base, dux_base, beta_base, s_bt, erase_base, s_ct, v_base, s_vt, s_vd,
+                dbeta_base, dv + i_bh * V, s_gt, n, i_v, T, V, T_pad, C, BV, PREC)
+            for i_k in range(tl.cdiv(K, BK)):
+                b_dh = load_tile(dh_next, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+                b_qT = load_tile(q_base, s_qd, s_qt, i_k * BK, n * C, K, T, BK, C)
+                b_kT = load_tile(k_base, s_kd, s_kt, i_k * BK, n * C, K, T, BK, C)
+                b_dh += tl.dot(b_qT, b_do, input_precision=PREC)
+                b_dh -= tl.dot(b_kT * b_c[None, :], b_dux, input_precision=PREC)
+                store_tile(dh_base + n * K * V, b_dh, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+            tl.debug_barrier()
 
 
 @triton.jit
@@ -345,7 +403,8 @@ def delta_rule_states_fwd(k, w, u, h0, chunk_size):
     delta_rule_state_fwd_kernel[(B * H, triton.cdiv(V, BV))](
         k, w, u, h0 if h0 is not None else h, h, vnew, T, H, K, V,
         *strides4(k), NT,
-        C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, PREC=dot_precision(k.dtype), num_warps=NUM_WARPS,
+        C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, PREC=dot_precision(k.dtype), BKH=state_block(K),
+        num_warps=NUM_WARPS, **state_pass_options(K, forward=True),
     )
     return h, vnew
 
@@ -387,7 +446,8 @@ def chunk_delta_rule_bwd(q, k, v, beta, erase, h0, do, dht, chunk_size):
         T, H, K, V,
         *strides4(q), *strides4(k), *strides4(v), *strides3(beta), *strides3(c), *strides4(do),
         B * H * V, NT,
-        C=C, BK=BK, BV=BV, HAS_DHT=dht is not None, PREC=prec, num_warps=NUM_WARPS,
+        C=C, BK=BK, BV=BV, HAS_DHT=dht is not None, PREC=prec, BKH=state_block(K), num_warps=NUM_WARPS,
+        **state_pass_options(K, forward=False),
     )
     del x
     dq = torch.empty(T, B, H, K, device=q.device, dtype=q.dtype)
