@@ -69,32 +69,30 @@ def tile_sizes(d_dot: int, d_value: int) -> Tuple[int, int]:
     return block_size(d_dot, cap), block_size(d_value, cap)
 
 
-#: Largest d_dot whose whole state column (d_dot x one d_value tile) the sequential delta
-#: rule passes carry in registers; above it they carry the state through the chunk-state
-#: buffer in global memory, one d_dot tile at a time (a store, a block barrier and a
-#: reload per chunk). Chosen from static resource use on sm_90 (no GPU timing yet, see
-#: docs/benchmarks.md): at 64 the bf16 forward pass needs no spills; at 128 both passes
-#: spill registers heavily.
+#: Largest d_dot whose whole state column (d_dot x one d_value tile) the sequential
+#: forward pass of the delta rule carries in registers; above it the pass carries the
+#: state through the chunk-state buffer in global memory, one d_dot tile at a time (a
+#: store, a block barrier and a reload per chunk). Chosen from static resource use on
+#: sm_90 (scripts/kernel_resources.py; no GPU timing yet): at 64 the bf16 pass compiles
+#: without spills, at 128 it spills. The reverse pass always uses the global-memory form:
+#: a register version spilled ~460 bytes per thread in bf16 against 8.
 REG_STATE_MAX_D_DOT = 64
 
-#: Software-pipelining depth of the register-state passes (forward: prefetch the next
-#: chunk's W, U0, K while this chunk's product runs; backward: 1, it is short of registers).
-REG_STATE_STAGES_FWD = 2
-REG_STATE_STAGES_BWD = 1
+#: Software-pipelining depth of the register-state forward pass (prefetches the next
+#: chunk's W, U0 and K while this chunk's products run).
+REG_STATE_STAGES = 2
 
 
 def state_block(d_dot: int) -> int:
-    """BKH of the sequential delta-rule kernels: the padded d_dot when the state column
+    """BKH of the delta-rule state forward pass: the padded d_dot when the state column
     stays in registers (d_dot <= :data:`REG_STATE_MAX_D_DOT`), else 0 (global-memory path)."""
     return block_size(d_dot, REG_STATE_MAX_D_DOT) if d_dot <= REG_STATE_MAX_D_DOT else 0
 
 
-def state_pass_options(d_dot: int, forward: bool) -> dict:
-    """Launch options of a sequential delta-rule pass: ``num_stages`` on the register
+def state_pass_options(d_dot: int) -> dict:
+    """Launch options of the delta-rule state forward pass: ``num_stages`` on the register
     path (Triton's default on the global-memory path; the interpreter ignores it)."""
-    if not state_block(d_dot):
-        return {}
-    return {"num_stages": REG_STATE_STAGES_FWD if forward else REG_STATE_STAGES_BWD}
+    return {"num_stages": REG_STATE_STAGES} if state_block(d_dot) else {}
 
 
 def strides4(x: torch.Tensor) -> Tuple[int, int, int, int]:

@@ -171,10 +171,10 @@ def test_chunk_delta_rule_matches_reference(shape, init, erase, dtype):
 
 
 @pytest.mark.parametrize("reg_max", [0, 32], ids=["state_in_global_memory", "state_in_registers"])
-def test_delta_rule_sequential_passes_both_state_paths(reg_max, monkeypatch):
-    """The sequential delta-rule passes carry the state column in registers (d_dot up to
-    REG_STATE_MAX_D_DOT) or through global memory one d_dot tile at a time. Force each
-    path at d_dot 24 with 16-wide tiles (two tiles, the second masked)."""
+def test_delta_rule_state_pass_both_paths(reg_max, monkeypatch):
+    """The sequential forward pass of the delta rule carries the state column in registers
+    (d_dot up to REG_STATE_MAX_D_DOT) or through global memory one d_dot tile at a time.
+    Force each path at d_dot 24 with 16-wide tiles (two tiles, the second masked)."""
     import fwp_kernels.delta_rule.chunk as dr
     import fwp_kernels.triton_utils as tu
 
@@ -389,53 +389,22 @@ def test_importing_fwp_kernels_does_not_import_triton():
     assert res.returncode == 0, res.stderr
 
 
-# Compiles every kernel for an H100 (sm_90) without a GPU, in a fresh process (the
-# interpreter is off there), and checks each fits the 227 KiB of shared memory per block.
-_COMPILE_CHECK = r"""
-import sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from fwp_kernels.triton_utils import NUM_WARPS, REG_STATE_MAX_D_DOT as REG, state_pass_options
-from fwp_kernels.linear_attn import chunk as la, step as las
-from fwp_kernels.delta_rule import chunk as dr, step as drs
-KERNELS = [
-    (la.linear_attn_state_fwd_kernel, "k v", "h0 h", {"HAS_H0": True}),
-    (la.chunk_output_kernel, "q k o", "u h", {}),
-    (la.linear_attn_state_bwd_kernel, "q do", "dht dh", {"HAS_DHT": True}),
-    (la.linear_attn_dqk_kernel, "q k v do dq dk", "h dh", {}),
-    (la.linear_attn_dv_kernel, "q k do dv", "dh", {}),
-    (dr.delta_rule_prepare_kernel, "k v beta erase", "x w u", {}),
-    (dr.delta_rule_state_fwd_kernel, "k", "w u h0 h vnew", {"HAS_H0": True, "BKH": 0}),
-    (dr.delta_rule_state_fwd_kernel, "k", "w u h0 h vnew", {"HAS_H0": True, "BKH": REG}),
-    (dr.delta_rule_state_bwd_kernel, "q k v beta erase do dv", "x dht dh dux dbeta", {"HAS_DHT": True, "BKH": 0}),
-    (dr.delta_rule_state_bwd_kernel, "q k v beta erase do dv", "x dht dh dux dbeta", {"HAS_DHT": True, "BKH": REG}),
-    (dr.delta_rule_dqk_kernel, "q k erase do dq dk", "vnew dux h dh dc", {}),
-]
-target = GPUTarget("cuda", 90, 32)
-for dt in sys.argv[1:]:
-    for fn, in_ptrs, f32_ptrs, extra in KERNELS:
-        consts = dict(C=64, BK=32, BV=32, PREC="tf32x3" if dt == "fp32" else "tf32", **extra)
-        sig = {n: "constexpr" if n in consts else "*" + dt if n in in_ptrs.split()
-               else "*fp32" if n in f32_ptrs.split() else "i32" for n in fn.arg_names}
-        opts = dict(num_warps=NUM_WARPS)
-        if extra.get("BKH"):  # the register-state passes launch with their own pipelining depth
-            opts.update(state_pass_options(REG, forward="HAS_H0" in extra))
-        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target, options=opts)
-        print(fn.__name__, extra.get("BKH", ""), dt, k.metadata.shared)
-        assert k.metadata.shared <= 232448, (fn.__name__, dt, k.metadata.shared)
-"""
-
-
 @pytest.mark.skipif(HAS_CUDA, reason="the GPU tests launch the kernels for real")
 def test_kernels_compile_for_h100_within_shared_memory():
+    """scripts/kernel_resources.py compiles every kernel (both state paths, the step
+    kernels) for sm_90 with the launch configuration the host code uses, in a fresh
+    process (the interpreter off there), and --check fails if one needs more than the
+    227 KiB of shared memory per block."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    res = subprocess.run([sys.executable, "-c", _COMPILE_CHECK, "fp32", "bf16"], env=env,
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "kernel_resources.py")
+    res = subprocess.run([sys.executable, script, "--check", "--dtypes", "fp32,bf16"], env=env,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.count("\n") == 22
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "_kernel" in line]
+    assert len(rows) == 2 * 12, res.stdout
+    assert all(row.split("|")[6].strip().isdigit() for row in rows), res.stdout  # shared KiB read
 
 
 @pytest.mark.parametrize("rule,attn_norm", [("delta", False), ("sum", True)])

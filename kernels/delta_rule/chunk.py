@@ -192,7 +192,7 @@ def _delta_rule_dux(
     dbeta_base, dv_base, s_gt, n, i_v, T, V, T_pad,
     C: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
 ):
-    """One chunk of the reverse pass, shared by both state paths: dUX = X^T dU (stored),
+    """One chunk of the reverse pass: dUX = X^T dU (stored),
     dV = diag(beta) dUX, this d_value tile's part of dbeta = rowsum(V * dUX).
     Returns (dUX, c) for the state-gradient update."""
     b_xT = load_tile(x_base, 1, C, 0, n * C, C, T_pad, C, C)  # X_n^T
@@ -218,9 +218,9 @@ def delta_rule_state_bwd_kernel(
     s_dt, s_db, s_dh, s_dd,
     s_gt, NT,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_DHT: tl.constexpr, PREC: tl.constexpr, BKH: tl.constexpr,
+    HAS_DHT: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Grid (B*H, NV): reverse pass over chunks (BKH as in delta_rule_state_fwd_kernel).
+    """Grid (B*H, NV): reverse pass over chunks.
 
     dU = triu(K Q^T) dO + K dh_{n+1}; dUX = X^T dU; dh_n = dh_{n+1} + Q^T dO - K^T diag(c) dUX;
     dV = diag(beta) dUX; dbeta partial (this d_value tile) = rowsum(V * dUX).
@@ -242,61 +242,38 @@ def delta_rule_state_bwd_kernel(
     erase_base = erase + i_b * s_cb + i_h * s_ch
     dbeta_base = dbeta + (i_v * tl.num_programs(0) + i_bh) * T_pad
     rows = tl.arange(0, C)
-    if BKH > 0:
+    for i_k in range(tl.cdiv(K, BK)):
         if HAS_DHT:
-            b_dhr = load_tile(dht + i_bh * K * V, V, 1, 0, i_v * BV, K, V, BKH, BV)
+            b_dh = load_tile(dht + i_bh * K * V, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
         else:
-            b_dhr = tl.zeros([BKH, BV], dtype=tl.float32)
-        store_tile(dh_base + NT * K * V, b_dhr, V, 1, 0, i_v * BV, K, V, BKH, BV)
-        for i in range(NT):
-            n = NT - 1 - i
-            # short live ranges (register pressure): dU needs dh_{n+1}, so Q^T dO is added
-            # to the carried dh right after it, and K^T is reloaded for the erase term.
-            b_k = load_tile(k_base, s_kt, s_kd, n * C, 0, T, K, C, BKH)
-            b_qT = load_tile(q_base, s_qd, s_qt, 0, n * C, K, T, BKH, C)
-            b_do = load_tile(do_base, s_dt, s_dd, n * C, i_v * BV, T, V, C, BV)
-            b_sT = tl.where(rows[:, None] <= rows[None, :], tl.dot(b_k, b_qT, input_precision=PREC), 0.0)
-            b_du = tl.dot(b_k, b_dhr, input_precision=PREC) + tl.dot(b_sT, b_do, input_precision=PREC)
-            b_dhr += tl.dot(b_qT, b_do, input_precision=PREC)
-            b_dux, b_c = _delta_rule_dux(
-                b_du, x_base, dux_base, beta_base, s_bt, erase_base, s_ct, v_base, s_vt, s_vd,
-                dbeta_base, dv + i_bh * V, s_gt, n, i_v, T, V, T_pad, C, BV, PREC)
-            b_kT = load_tile(k_base, s_kd, s_kt, 0, n * C, K, T, BKH, C)
-            b_dhr -= tl.dot(b_kT * b_c[None, :], b_dux, input_precision=PREC)
-            store_tile(dh_base + n * K * V, b_dhr, V, 1, 0, i_v * BV, K, V, BKH, BV)
-    else:
+            b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+        store_tile(dh_base + NT * K * V, b_dh, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+    tl.debug_barrier()
+    for i in range(NT):
+        n = NT - 1 - i
+        dh_next = dh_base + (n + 1) * K * V
+        b_du = tl.zeros([C, BV], dtype=tl.float32)
+        b_sT = tl.zeros([C, C], dtype=tl.float32)  # K Q^T
         for i_k in range(tl.cdiv(K, BK)):
-            if HAS_DHT:
-                b_dh = load_tile(dht + i_bh * K * V, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
-            else:
-                b_dh = tl.zeros([BK, BV], dtype=tl.float32)
-            store_tile(dh_base + NT * K * V, b_dh, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+            b_k = load_tile(k_base, s_kt, s_kd, n * C, i_k * BK, T, K, C, BK)
+            b_qT = load_tile(q_base, s_qd, s_qt, i_k * BK, n * C, K, T, BK, C)
+            b_dh = load_tile(dh_next, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+            b_du += tl.dot(b_k, b_dh, input_precision=PREC)
+            b_sT += tl.dot(b_k, b_qT, input_precision=PREC)
+        b_sT = tl.where(rows[:, None] <= rows[None, :], b_sT, 0.0)
+        b_do = load_tile(do_base, s_dt, s_dd, n * C, i_v * BV, T, V, C, BV)
+        b_du += tl.dot(b_sT, b_do, input_precision=PREC)
+        b_dux, b_c = _delta_rule_dux(
+            b_du, x_base, dux_base, beta_base, s_bt, erase_base, s_ct, v_base, s_vt, s_vd,
+            dbeta_base, dv + i_bh * V, s_gt, n, i_v, T, V, T_pad, C, BV, PREC)
+        for i_k in range(tl.cdiv(K, BK)):
+            b_dh = load_tile(dh_next, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+            b_qT = load_tile(q_base, s_qd, s_qt, i_k * BK, n * C, K, T, BK, C)
+            b_kT = load_tile(k_base, s_kd, s_kt, i_k * BK, n * C, K, T, BK, C)
+            b_dh += tl.dot(b_qT, b_do, input_precision=PREC)
+            b_dh -= tl.dot(b_kT * b_c[None, :], b_dux, input_precision=PREC)
+            store_tile(dh_base + n * K * V, b_dh, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
         tl.debug_barrier()
-        for i in range(NT):
-            n = NT - 1 - i
-            dh_next = dh_base + (n + 1) * K * V
-            b_du = tl.zeros([C, BV], dtype=tl.float32)
-            b_sT = tl.zeros([C, C], dtype=tl.float32)  # K Q^T
-            for i_k in range(tl.cdiv(K, BK)):
-                b_k = load_tile(k_base, s_kt, s_kd, n * C, i_k * BK, T, K, C, BK)
-                b_qT = load_tile(q_base, s_qd, s_qt, i_k * BK, n * C, K, T, BK, C)
-                b_dh = load_tile(dh_next, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
-                b_du += tl.dot(b_k, b_dh, input_precision=PREC)
-                b_sT += tl.dot(b_k, b_qT, input_precision=PREC)
-            b_sT = tl.where(rows[:, None] <= rows[None, :], b_sT, 0.0)
-            b_do = load_tile(do_base, s_dt, s_dd, n * C, i_v * BV, T, V, C, BV)
-            b_du += tl.dot(b_sT, b_do, input_precision=PREC)
-            b_dux, b_c = _delta_rule_dux(
-                b_du, x_base, dux_base, beta_base, s_bt, erase_base, s_ct, v_base, s_vt, s_vd,
-                dbeta_base, dv + i_bh * V, s_gt, n, i_v, T, V, T_pad, C, BV, PREC)
-            for i_k in range(tl.cdiv(K, BK)):
-                b_dh = load_tile(dh_next, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
-                b_qT = load_tile(q_base, s_qd, s_qt, i_k * BK, n * C, K, T, BK, C)
-                b_kT = load_tile(k_base, s_kd, s_kt, i_k * BK, n * C, K, T, BK, C)
-                b_dh += tl.dot(b_qT, b_do, input_precision=PREC)
-                b_dh -= tl.dot(b_kT * b_c[None, :], b_dux, input_precision=PREC)
-                store_tile(dh_base + n * K * V, b_dh, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
-            tl.debug_barrier()
 
 
 @triton.jit
@@ -328,30 +305,25 @@ def delta_rule_dqk_kernel(
     b_dk = tl.zeros([C, BK], dtype=tl.float32)
     b_p = tl.zeros([C, BK], dtype=tl.float32)  # dUX h_n^T
     b_a = tl.zeros([C, C], dtype=tl.float32)  # dO U^T
-    b_aT = tl.zeros([C, C], dtype=tl.float32)  # U dO^T
     b_d = tl.zeros([C, C], dtype=tl.float32)  # dUX U^T
-    b_dT = tl.zeros([C, C], dtype=tl.float32)  # U dUX^T
     for i_v in range(tl.cdiv(V, BV)):
         b_do = load_tile(do_base, s_dt, s_dd, n * C, i_v * BV, T, V, C, BV)
-        b_doT = load_tile(do_base, s_dd, s_dt, i_v * BV, n * C, V, T, BV, C)
         b_u = load_tile(u_base, V, 1, n * C, i_v * BV, T_pad, V, C, BV)
         b_uT = load_tile(u_base, 1, V, i_v * BV, n * C, V, T_pad, BV, C)
         b_dux = load_tile(dux_base, V, 1, n * C, i_v * BV, T_pad, V, C, BV)
-        b_duxT = load_tile(dux_base, 1, V, i_v * BV, n * C, V, T_pad, BV, C)
         b_hT = load_tile(h_base, 1, V, i_v * BV, i_k * BK, V, K, BV, BK)  # h_n^T
         b_dhT = load_tile(dh_base, 1, V, i_v * BV, i_k * BK, V, K, BV, BK)  # dh_{n+1}^T
         b_dq += tl.dot(b_do, b_hT, input_precision=PREC)
         b_dk += tl.dot(b_u, b_dhT, input_precision=PREC)
         b_p += tl.dot(b_dux, b_hT, input_precision=PREC)
         b_a += tl.dot(b_do, b_uT, input_precision=PREC)
-        b_aT += tl.dot(b_u, b_doT, input_precision=PREC)
         b_d += tl.dot(b_dux, b_uT, input_precision=PREC)
-        b_dT += tl.dot(b_u, b_duxT, input_precision=PREC)
     rows = tl.arange(0, C)
+    # U dO^T and U dUX^T are the transposes of the two accumulated products
+    b_aT = tl.where(rows[:, None] <= rows[None, :], tl.trans(b_a), 0.0)
+    b_dT = tl.where(rows[:, None] < rows[None, :], -tl.trans(b_d), 0.0)  # dA^T
     b_a = tl.where(rows[:, None] >= rows[None, :], b_a, 0.0)
-    b_aT = tl.where(rows[:, None] <= rows[None, :], b_aT, 0.0)
     b_d = tl.where(rows[:, None] > rows[None, :], -b_d, 0.0)  # dA
-    b_dT = tl.where(rows[:, None] < rows[None, :], -b_dT, 0.0)  # dA^T
     b_c = load_vec(erase + i_b * s_cb + i_h * s_ch, s_ct, n * C, T, C)
     q_base = q + i_b * s_qb + i_h * s_qh
     k_base = k + i_b * s_kb + i_h * s_kh
@@ -404,7 +376,7 @@ def delta_rule_states_fwd(k, w, u, h0, chunk_size):
         k, w, u, h0 if h0 is not None else h, h, vnew, T, H, K, V,
         *strides4(k), NT,
         C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, PREC=dot_precision(k.dtype), BKH=state_block(K),
-        num_warps=NUM_WARPS, **state_pass_options(K, forward=True),
+        num_warps=NUM_WARPS, **state_pass_options(K),
     )
     return h, vnew
 
@@ -446,8 +418,7 @@ def chunk_delta_rule_bwd(q, k, v, beta, erase, h0, do, dht, chunk_size):
         T, H, K, V,
         *strides4(q), *strides4(k), *strides4(v), *strides3(beta), *strides3(c), *strides4(do),
         B * H * V, NT,
-        C=C, BK=BK, BV=BV, HAS_DHT=dht is not None, PREC=prec, BKH=state_block(K), num_warps=NUM_WARPS,
-        **state_pass_options(K, forward=False),
+        C=C, BK=BK, BV=BV, HAS_DHT=dht is not None, PREC=prec, num_warps=NUM_WARPS,
     )
     del x
     dq = torch.empty(T, B, H, K, device=q.device, dtype=q.dtype)

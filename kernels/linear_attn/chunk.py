@@ -173,10 +173,8 @@ def linear_attn_dqk_kernel(
     b_dq = tl.zeros([C, BK], dtype=tl.float32)
     b_dk = tl.zeros([C, BK], dtype=tl.float32)
     b_a = tl.zeros([C, C], dtype=tl.float32)  # dO V^T
-    b_aT = tl.zeros([C, C], dtype=tl.float32)  # V dO^T
     for i_v in range(tl.cdiv(V, BV)):
         b_do = load_tile(do_base, s_dt, s_dd, n * C, i_v * BV, T, V, C, BV)  # [C, BV]
-        b_doT = load_tile(do_base, s_dd, s_dt, i_v * BV, n * C, V, T, BV, C)  # [BV, C]
         b_v = load_tile(v_base, s_vt, s_vd, n * C, i_v * BV, T, V, C, BV)
         b_vT = load_tile(v_base, s_vd, s_vt, i_v * BV, n * C, V, T, BV, C)
         b_hT = load_tile(h_base, 1, V, i_v * BV, i_k * BK, V, K, BV, BK)  # h_n^T [BV, BK]
@@ -184,10 +182,9 @@ def linear_attn_dqk_kernel(
         b_dq += tl.dot(b_do, b_hT, input_precision=PREC)
         b_dk += tl.dot(b_v, b_dhT, input_precision=PREC)
         b_a += tl.dot(b_do, b_vT, input_precision=PREC)
-        b_aT += tl.dot(b_v, b_doT, input_precision=PREC)
     rows = tl.arange(0, C)
+    b_aT = tl.where(rows[:, None] <= rows[None, :], tl.trans(b_a), 0.0)  # V dO^T = (dO V^T)^T
     b_a = tl.where(rows[:, None] >= rows[None, :], b_a, 0.0)
-    b_aT = tl.where(rows[:, None] <= rows[None, :], b_aT, 0.0)
     b_q = load_tile(q + i_b * s_qb + i_h * s_qh, s_qt, s_qd, n * C, i_k * BK, T, K, C, BK)
     b_k = load_tile(k + i_b * s_kb + i_h * s_kh, s_kt, s_kd, n * C, i_k * BK, T, K, C, BK)
     b_dq += tl.dot(b_a, b_k, input_precision=PREC)
