@@ -72,6 +72,40 @@ from ..triton_utils import (
 # --------------------------------------------------------------------------- kernels
 
 
+#: Rows of the diagonal blocks that :func:`unit_lower_inverse` inverts by forward substitution.
+INV_BLOCK = tl.constexpr(16)
+
+
+@triton.jit
+def unit_lower_inverse(b_a, C: tl.constexpr, PREC: tl.constexpr):
+    """(I + A)^{-1} of a [C, C] strictly lower triangular A, in C/16 + 15 matrix products
+    instead of C - 1 row steps.
+
+    1. The 16 x 16 diagonal blocks D_b = I + A_bb, all at once: row r of D^{-1} is
+       e_r - sum_{j<r, same block} A_rj (D^{-1})_j, so step s (1..15) finishes row s of
+       every block with one product restricted to those rows.
+    2. The strictly block-lower part L by block forward substitution: block row b of the
+       inverse is D_b^{-1} (E_b - sum_{c<b} L_bc X_c), one product for the sum and one for
+       D_b^{-1} per block row (rows of blocks c < b are final by then).
+    Exact up to rounding (no series expansion; the products use the kernel's operand
+    precision, tf32 for half inputs, so X carries tf32 rounding there); C must be a
+    multiple of 16."""
+    rows = tl.arange(0, C)
+    blk = rows // INV_BLOCK
+    same = blk[:, None] == blk[None, :]
+    b_d = tl.where(rows[:, None] == rows[None, :], 1.0, 0.0)
+    for s in range(1, INV_BLOCK):
+        sel = (rows % INV_BLOCK) == s
+        upd = tl.dot(tl.where(sel[:, None] & same, b_a, 0.0), b_d, input_precision=PREC)
+        b_d = tl.where(sel[:, None], b_d - upd, b_d)
+    b_x = b_d
+    for b in range(1, C // INV_BLOCK):
+        sel = blk == b
+        b_r = tl.dot(tl.where(sel[:, None] & (blk[None, :] < b), b_a, 0.0), b_x, input_precision=PREC)
+        b_x = tl.where(sel[:, None], b_x - tl.dot(b_d, b_r, input_precision=PREC), b_x)
+    return b_x
+
+
 @triton.jit
 def delta_rule_prepare_kernel(
     k, v, beta, erase, x, w, u,
@@ -103,12 +137,7 @@ def delta_rule_prepare_kernel(
         b_kk += tl.dot(b_k, b_kT, input_precision=PREC)
     rows = tl.arange(0, C)
     b_a = tl.where(rows[:, None] > rows[None, :], b_c[:, None] * b_kk, 0.0)
-    # Forward substitution: row i of X is e_i - sum_{j<i} A_ij X_j (rows j < i final).
-    b_x = tl.where(rows[:, None] == rows[None, :], 1.0, 0.0)
-    for i in range(1, C):
-        a_i = tl.sum(tl.where(rows[:, None] == i, b_a, 0.0), 0)  # [C] over j
-        x_i = tl.sum(a_i[:, None] * b_x, 0)
-        b_x = tl.where(rows[:, None] == i, b_x - x_i[None, :], b_x)
+    b_x = unit_lower_inverse(b_a, C, PREC)
     x_base = x + i_bh * T_pad * C
     store_tile(x_base, b_x, C, 1, n * C, 0, T_pad, C, C, C)
 
