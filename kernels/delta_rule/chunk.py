@@ -9,7 +9,7 @@ attention-normalised variant passes c_t = beta_t / (z_{t-1} . k_t)). In chunks o
 tokens with h_n the state before chunk n (the WY/UT form of
 :mod:`fwp_kernels.chunk_torch`)::
 
-    A   = tril(diag(c) K K^T, -1)           X = (I + A)^{-1}   (forward substitution)
+    A   = tril(diag(c) K K^T, -1)           X = (I + A)^{-1}   (blocked forward substitution)
     W   = X diag(c) K                        U0 = X diag(beta) V
     U   = U0 - W h_n                         ("new values", one per token)
     O_n = Q h_n + tril(Q K^T) U              h_{n+1} = h_n + K^T U
@@ -37,9 +37,11 @@ and d_dot tiles.
 Layout: q, k ``[T, B, H, d_dot]``, v ``[T, B, H, d_value]``, beta/erase ``[T, B, H]``,
 time-major, read through their strides; states ``[B, H, d_dot, d_value]`` float32.
 
-The sequential passes keep h_n (or dh_n) in the global buffer rather than in registers
-so any d_dot (up to 512) is handled by a loop over d_dot tiles; ``tl.debug_barrier()``
-orders each chunk's writes before the next chunk's reads within the program.
+The sequential forward pass carries h_n in registers when d_dot <= REG_STATE_MAX_D_DOT
+(fwp_kernels.triton_utils; 64) and otherwise, like the reverse pass for dh_n, through the
+global chunk-state buffer, so any d_dot (up to 512) is handled by a loop over d_dot
+tiles; ``tl.debug_barrier()`` orders each chunk's writes before the next chunk's reads
+within the program.
 """
 
 from typing import Optional, Tuple
