@@ -63,8 +63,8 @@ from typing import Callable, List, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
+from fwp_kernels import fast_weight_scan
 from fwp_kernels.chunk_torch import chunk_delta_rule_torch, chunk_linear_attn_torch
-from fwp_kernels.reference import recurrent_fast_weight
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ALL_IMPLS = ["triton", "chunk", "recurrent", "fla-chunk", "fla-fused-recurrent", "sdpa"]
@@ -273,26 +273,13 @@ def build(impl, rule, inputs, fla: Fla, device):
             return "fla fused-recurrent benchmarked for the delta rule only"
         kw = fla_kwargs(fn, scale=1.0)
         return Runner([q, k, v, beta], lambda q, k, v, beta: fn(q, k, v, beta, **kw)[0], batch_major=True)
-    if impl == "triton":
-        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            return "Triton needs CUDA"
-        try:
-            from fwp_kernels.delta_rule import chunk_delta_rule
-            from fwp_kernels.linear_attn import chunk_linear_attn
-        except Exception as e:
-            return f"Triton kernels not importable: {describe(e, 80)}"
-        if rule == "sum":
-            return Runner([q, k, v], lambda q, k, v: chunk_linear_attn(q, k, v)[0])
-        return Runner([q, k, v, beta], lambda q, k, v, beta: chunk_delta_rule(q, k, v, beta)[0])
-    if impl == "chunk":
-        if rule == "sum":
-            return Runner([q, k, v], lambda q, k, v: chunk_linear_attn_torch(q, k, v)[0])
-        return Runner([q, k, v, beta], lambda q, k, v, beta: chunk_delta_rule_torch(q, k, v, beta)[0])
-    if impl == "recurrent":
-        if rule == "sum":
-            return Runner([q, k, v], lambda q, k, v: recurrent_fast_weight(q, k, v, rule="sum")[0])
-        return Runner([q, k, v, beta], lambda q, k, v, beta: recurrent_fast_weight(q, k, v, beta, rule="delta")[0])
-    raise ValueError(impl)
+    if impl not in ("triton", "chunk", "recurrent"):
+        raise ValueError(impl)
+    if impl == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "Triton needs CUDA"
+    # ours: the project's one entry point, with the implementation named
+    leaves = [q, k, v] if rule == "sum" else [q, k, v, beta]
+    return Runner(leaves, lambda *x: fast_weight_scan(*x, rule=rule, impl=impl)[0])
 
 
 class Reference:

@@ -33,18 +33,18 @@ def kernel_table():
     from fwp_kernels.triton_utils import REG_STATE_MAX_D_DOT as REG
 
     return [
-        (la.linear_attn_state_fwd_kernel, "k v", "h0 h", {"HAS_H0": True}, None),
-        (la.chunk_output_kernel, "q k o", "u h", {}, None),
-        (la.linear_attn_state_bwd_kernel, "q do", "dht dh", {"HAS_DHT": True}, None),
-        (la.linear_attn_dqk_kernel, "q k v do dq dk", "h dh", {}, None),
-        (la.linear_attn_dv_kernel, "q k do dv", "dh", {}, None),
-        (dr.delta_rule_prepare_kernel, "k v beta erase", "x w u", {}, None),
+        (la.linear_attn_state_fwd_kernel, "k v", "h0 h", {"HAS_H0": True}, False),
+        (la.chunk_output_kernel, "q k o", "u h", {}, False),
+        (la.linear_attn_state_bwd_kernel, "q do", "dht dh", {"HAS_DHT": True}, False),
+        (la.linear_attn_dqk_kernel, "q k v do dq dk", "h dh", {}, False),
+        (la.linear_attn_dv_kernel, "q k do dv", "dh", {}, False),
+        (dr.delta_rule_prepare_kernel, "k v beta erase", "x w u", {}, False),
         (dr.delta_rule_state_fwd_kernel, "k", "w u h0 h vnew", {"HAS_H0": True, "BKH": 0}, False),
         (dr.delta_rule_state_fwd_kernel, "k", "w u h0 h vnew", {"HAS_H0": True, "BKH": REG}, True),
-        (dr.delta_rule_state_bwd_kernel, "q k v beta erase do dv", "x dht dh dux dbeta", {"HAS_DHT": True}, None),
-        (dr.delta_rule_dqk_kernel, "q k erase do dq dk", "vnew dux h dh dc", {}, None),
-        (las.linear_attn_step_kernel, "q k v o", "s_in s_out", {}, None),
-        (drs.delta_rule_step_kernel, "q k v beta erase o", "s_in s_out", {}, None),
+        (dr.delta_rule_state_bwd_kernel, "q k v beta erase do dv", "x dht dh dux dbeta", {"HAS_DHT": True}, False),
+        (dr.delta_rule_dqk_kernel, "q k erase do dq dk", "vnew dux h dh dc", {}, False),
+        (las.linear_attn_step_kernel, "q k v o", "s_in s_out", {}, False),
+        (drs.delta_rule_step_kernel, "q k v beta erase o", "s_in s_out", {}, False),
     ]
 
 
