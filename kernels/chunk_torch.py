@@ -34,6 +34,15 @@ def _from_chunks(o: torch.Tensor, T: int, dtype: torch.dtype) -> torch.Tensor:
     return o.permute(2, 3, 0, 1, 4).reshape(N * C, B, H, V)[:T].to(dtype)
 
 
+def _start(q, k, v, initial_state, chunk_size):
+    """(T, C, Q, K, V chunked [B,H,N,C,D], S_0 [B,H,d_dot,d_value]) shared by both scans."""
+    T, B, H, K = q.shape
+    C = max(1, min(chunk_size, T))  # short sequences: one chunk, no padding
+    Q, Kc, Vc = (_to_chunks(x, C) for x in (q, k, v))
+    S = Q.new_zeros(B, H, K, v.shape[-1]) if initial_state is None else initial_state.to(Q.dtype)
+    return T, C, Q, Kc, Vc, S
+
+
 def chunk_linear_attn_torch(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -42,11 +51,7 @@ def chunk_linear_attn_torch(
     chunk_size: int = 64,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Causal sum-rule scan. Returns (o [T,B,H,V] in v's dtype, final S [B,H,K,V] float32)."""
-    T, B, H, K = q.shape
-    V = v.shape[-1]
-    C = max(1, min(chunk_size, T))  # short sequences: one chunk, no padding
-    Q, Kc, Vc = (_to_chunks(x, C) for x in (q, k, v))
-    S = Q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(Q.dtype)
+    T, C, Q, Kc, Vc, S = _start(q, k, v, initial_state, chunk_size)
     qk = torch.tril(Q @ Kc.transpose(-1, -2))  # [B,H,N,C,C], inclusive diagonal
     outs = []
     for n in range(Q.shape[2]):
@@ -65,13 +70,10 @@ def chunk_delta_rule_torch(
     chunk_size: int = 64,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Causal delta-rule scan with write strength beta and erase strength c (= beta if None)."""
-    T, B, H, K = q.shape
+    T, C, Q, Kc, Vc, S = _start(q, k, v, initial_state, chunk_size)
     V = v.shape[-1]
-    C = max(1, min(chunk_size, T))  # short sequences: one chunk, no padding
-    Q, Kc, Vc = (_to_chunks(x, C) for x in (q, k, v))
     b = _to_chunks(beta, C).unsqueeze(-1)  # [B,H,N,C,1]
     c = b if erase is None else _to_chunks(erase, C).unsqueeze(-1)
-    S = Q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(Q.dtype)
     kk = Kc @ Kc.transpose(-1, -2)
     eye = torch.eye(C, dtype=Q.dtype, device=Q.device)
     M = eye + torch.tril(c * kk, -1)  # I + A, unit lower triangular
