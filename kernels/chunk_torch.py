@@ -10,7 +10,6 @@ The sum rule is the special case c = 0, beta = 1 (U = V).
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from .state import acc_dtype
 
