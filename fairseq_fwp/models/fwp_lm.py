@@ -1,6 +1,6 @@
 """Decoder-only language model with fast weight attention (paper Sec. 6.3, WikiText-103)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fairseq import options
 from fairseq.models import ARCH_CONFIG_REGISTRY, register_model, register_model_architecture
@@ -20,7 +20,14 @@ from .encoder_decoder import FwpTransformerDecoder
 
 @dataclass
 class FwpLanguageModelConfig(TransformerLanguageModelConfig, FwpAttentionConfig):
-    pass
+    fwp_replace: str = field(
+        default="decoder_self",
+        metadata={"help": "attentions that use the fast weight attention: a language model has only "
+                  "decoder_self (the list encoder_self,decoder_self,cross also means it)"},
+    )
+
+
+LM_ATTENTIONS = ("decoder_self",)  # the attentions a decoder-only model has (for --fwp-replace)
 
 
 def _check_cutoffs(flag: str, cutoffs, vocab_size: int):
@@ -43,7 +50,7 @@ class FwpLanguageModel(TransformerLanguageModel):
 
     @classmethod
     def build_model(cls, args, task):
-        fwp = FwpAttentionConfig.from_args(args)
+        fwp = FwpAttentionConfig.from_args(args, LM_ATTENTIONS)
         if args.decoder_layers_to_keep:
             args.decoder_layers = len(args.decoder_layers_to_keep.split(","))
         if safe_getattr(args, "max_target_positions", None) is None:

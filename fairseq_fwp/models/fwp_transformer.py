@@ -5,7 +5,7 @@ from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerConfig, TransformerModel
 from fairseq.models.transformer.transformer_legacy import base_architecture, transformer_vaswani_wmt_en_de_big
 
-from ..config import FwpAttentionConfig
+from ..config import ATTENTIONS, FwpAttentionConfig
 from .encoder_decoder import FwpTransformerDecoder, FwpTransformerEncoder
 
 
@@ -21,7 +21,9 @@ class FwpTransformerModel(TransformerModel):
 
     @classmethod
     def build_model(cls, args, task):
-        fwp = FwpAttentionConfig.from_args(args)  # fail early, naming the flag
+        no_cross = getattr(args, "no_cross_attention", False)
+        available = tuple(a for a in ATTENTIONS if not (no_cross and a == "cross"))  # for --fwp-replace
+        fwp = FwpAttentionConfig.from_args(args, available)  # fail early, naming the flag
         fwp.fill_namespace(args)
         return super().build_model(args, task)
 

@@ -8,13 +8,17 @@ from fairseq.distributed import fsdp_wrap
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
 
-from ..config import FwpAttentionConfig
+from ..config import FwpAttentionConfig, check_dpfp_nu, warn_delta_without_sum_norm
 from .fast_weight_attention import FastWeightAttention
 
 
 def build_fast_weight_attention(fwp: FwpAttentionConfig, embed_dim, num_heads, *, causal, self_attention, kdim=None):
-    """The attention module selected by the ``--fwp-*`` options."""
-    return FastWeightAttention(
+    """The attention module selected by the ``--fwp-*`` options.
+
+    The checks that need the head size d_key = embed_dim / num_heads happen here:
+    a ``--fwp-dpfp-nu`` that would only repeat features is refused, and the delta rule
+    without ``--fwp-sum-norm`` is warned about (once per process)."""
+    attn = FastWeightAttention(
         embed_dim,
         num_heads,
         kdim=kdim,
@@ -27,6 +31,10 @@ def build_fast_weight_attention(fwp: FwpAttentionConfig, embed_dim, num_heads, *
         causal=causal,
         self_attention=self_attention,
     )
+    if str(fwp.fwp_feature_map) == "dpfp":
+        check_dpfp_nu(int(fwp.fwp_dpfp_nu), attn.head_dim)
+    warn_delta_without_sum_norm(str(fwp.fwp_update_rule), bool(fwp.fwp_sum_norm))
+    return attn
 
 
 def wrap_layer(layer, cfg):
