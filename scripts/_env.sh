@@ -8,8 +8,9 @@
 # FWP_TORCH_SPEC (default torch==2.13.0): what to install when torch is not importable.
 # FWP_TORCH_INDEX_URL: index to take torch from (outside this project's machines use
 #   https://download.pytorch.org/whl/cpu for the CPU build).
-# FWP_EXTRAS (default test,plot): the package extras to install (test = pytest,
-#   plot = matplotlib, used by the retrieval plots and their test).
+# FWP_EXTRAS (default test,plot,tensorboard): the package extras to install (test = pytest,
+#   plot = matplotlib, used by the retrieval plots and their test, tensorboard = tensorboardX,
+#   which fairseq's --tensorboard-logdir needs).
 # FWP_FORCE_SETUP=1: redo the setup even if the stamp says it is done.
 #
 # Order matters: torch first (so pip never resolves a CUDA build for us), then numpy and
@@ -64,7 +65,7 @@ fwp_setup_env() {
         _fwp_log "Python >= 3.11 required, got $("$FWP_PY" -V 2>&1)"; return 1; }
 
     local key
-    local extras="${FWP_EXTRAS:-test,plot}"
+    local extras="${FWP_EXTRAS:-test,plot,tensorboard}"
     key="$({ cat "$FWP_ROOT/pyproject.toml" "${BASH_SOURCE[0]}"; echo "$extras"; "$FWP_PY" -c 'import sys; print(sys.executable, sys.version)'; } | _fwp_hash)"
     local stampdir="$FWP_ROOT/.fwp-setup"
     local stamp="$stampdir/done-$key"

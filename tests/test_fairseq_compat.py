@@ -166,3 +166,6 @@ def test_fwp_traceback_and_other_errors_keep_the_traceback(lm):
             "--model-overrides", "{'fwp_dpfp_nu': 20, 'fwp_feature_map': 'dpfp'}", env=dict(ENV, FWP_TRACEBACK="1"))
     assert p.returncode == 1 and "Traceback (most recent call last)" in p.stderr, p.stderr[-3000:]
     assert p.stderr.rstrip().splitlines()[-1].startswith("ValueError: --fwp-dpfp-nu 20 is too large for head size d_key 16")
+    p = run("eval_lm", d / "bin", "--user-dir", USER_DIR, "--path", d / "ck/missing.pt", "--cpu")
+    assert p.returncode == 1 and "Traceback (most recent call last)" in p.stderr, p.stderr[-3000:]
+    assert "fairseq-fwp: error" not in p.stderr
