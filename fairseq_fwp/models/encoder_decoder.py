@@ -1,14 +1,24 @@
-"""fairseq Transformer encoder and decoder built from fast weight layers."""
+"""fairseq Transformer encoder and decoder built from fast weight layers.
+
+Both draw FAVOR+'s random features once per training forward, at the top of their own
+``forward``, before any layer runs: every layer call of that forward, including the
+recomputation of a ``--checkpoint-activations`` layer in the backward pass, then uses
+the same features (a redraw inside the attention would give the backward other
+features than the forward). fairseq trains forward-then-backward per batch, so the
+backward always sees the features of its own forward.
+"""
 
 from contextlib import contextmanager
 from typing import Any, Dict, List, Optional
 
+import torch
 from torch import Tensor
 
 from fairseq.models.transformer import TransformerDecoderBase, TransformerEncoderBase
 
 from ..config import FwpAttentionConfig
 from ..modules.fast_weight_attention import FastWeightAttention
+from ..modules.feature_maps import redraw_features
 from ..modules.layers import FwpTransformerDecoderLayer, FwpTransformerEncoderLayer, wrap_layer
 
 
@@ -19,6 +29,12 @@ class FwpTransformerEncoder(TransformerEncoderBase):
 
     def build_encoder_layer(self, cfg):
         return wrap_layer(FwpTransformerEncoderLayer(cfg, self.fwp, return_fc=self.return_fc), cfg)
+
+    def forward(self, src_tokens, src_lengths: Optional[Tensor] = None, return_all_hiddens: bool = False,
+                token_embeddings: Optional[Tensor] = None):
+        if self.training:
+            redraw_features(self)  # once per training forward (see the module docstring)
+        return super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
 
 
 class FwpTransformerDecoder(TransformerDecoderBase):
@@ -71,10 +87,20 @@ class FwpTransformerDecoder(TransformerDecoderBase):
             full_context_alignment=full_context_alignment, alignment_layer=alignment_layer,
             alignment_heads=alignment_heads, src_lengths=src_lengths, return_all_hiddens=return_all_hiddens,
         )
+        if fast_weight_state is not None:
+            if incremental_state is not None:
+                raise ValueError("pass either incremental_state (step-by-step decoding) or fast_weight_state, not both")
+            if self.training and self.cfg.checkpoint_activations and torch.is_grad_enabled():
+                raise ValueError(
+                    "--checkpoint-activations cannot be combined with a carried fast weight state "
+                    "(fast_weight_state=...): the backward pass recomputes each layer after the carried state "
+                    "has moved on, i.e. from another initial state than its forward used. Drop "
+                    "--checkpoint-activations, or do not carry the state."
+                )
+        if self.training:
+            redraw_features(self)  # once per training forward (see the module docstring)
         if fast_weight_state is None:
             return super().forward(prev_output_tokens, **kwargs)
-        if incremental_state is not None:
-            raise ValueError("pass either incremental_state (step-by-step decoding) or fast_weight_state, not both")
         with self.carry_state(fast_weight_state):
             return super().forward(prev_output_tokens, **kwargs)
 

@@ -18,6 +18,18 @@ For the delta rule it means: the source is programmed into the fast weight token
 token with the delta rule (later keys may overwrite earlier associations), then read
 by every query. Padded keys are written with phi(k) = 0 and beta = 0, i.e. not at all,
 so left or right padding never changes the result.
+
+Random features (FAVOR+) are not redrawn here: the model draws them once per training
+forward (``feature_maps.redraw_features``), so a re-entrant call of this module, such
+as the recomputation of a ``--checkpoint-activations`` layer, uses the same features.
+
+Attention weights (``fairseq-generate --print-alignment``): for the sum rule the
+non-causal read is y_i = sum_j a_ij v_j with the linearised weights
+a_ij = phi(q_i) . phi(k_j) [/ (z . phi(q_i) + EPS) with --fwp-attn-norm, z = sum_j phi(k_j)].
+Encoder-decoder attention returns them when fairseq's ``make_generation_fast_(need_attn=True)``
+asked for them; otherwise nothing extra is computed or kept. The delta rule has no such
+weights (its reads combine the delta-corrected values, not v_j), so asking for them
+fails at once.
 """
 
 from typing import Dict, Optional, Tuple
@@ -28,6 +40,7 @@ from torch import Tensor
 
 from fairseq.incremental_decoding_utils import with_incremental_state
 from fwp_kernels import FastWeightState
+from fwp_kernels.state import EPS
 
 from .fast_weight_memory import FastWeightMemory
 
@@ -83,6 +96,8 @@ class FastWeightAttention(FastWeightMemory):
         self.out_proj = _linear(embed_dim, embed_dim)
         # a dict bound by FwpTransformerDecoder to carry the state across calls (see carry_state)
         self.carry: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None
+        # set by make_generation_fast_(need_attn=True) (fairseq-generate --print-alignment)
+        self.return_attn_weights = False
 
     def extra_repr(self) -> str:
         return (
@@ -120,8 +135,6 @@ class FastWeightAttention(FastWeightMemory):
         Returns (output [T, B, E], final state or None). Causal: a scan (Eq. 17-28).
         Non-causal: write all keys (from ``initial_state`` if given), then read.
         """
-        if self.training:
-            self.feature_map.redraw()
         T, B, E = x.shape
         proj = self.in_proj(x)
         q = self.phi(self._heads(proj[..., :E]))
@@ -148,10 +161,15 @@ class FastWeightAttention(FastWeightMemory):
         before_softmax: bool = False,
         need_head_weights: bool = False,
     ) -> Tuple[Tensor, Optional[Tensor]]:
-        """fairseq MultiheadAttention signature; returns (out [T, B, E], None).
+        """fairseq MultiheadAttention signature; returns (out [T, B, E], weights or None).
 
-        There are no attention weights to return. ``attn_mask`` is fairseq's causal
-        future mask (or None); causality is a property of this module instead.
+        ``attn_mask`` is fairseq's causal future mask (or None); causality is a property
+        of this module instead. Weights are returned only by encoder-decoder attention,
+        only after ``make_generation_fast_(need_attn=True)`` and only when the caller
+        asks (``need_weights``): [H, B, T, S] with ``need_head_weights``, else averaged
+        over heads, [B, T, S], as fairseq's MultiheadAttention returns them. fairseq's
+        decoder layer passes ``need_weights=True`` to its last layer even in training,
+        so the request alone computes nothing.
         """
         if self.self_attention:
             carrier = incremental_state if incremental_state is not None else self.carry
@@ -162,27 +180,67 @@ class FastWeightAttention(FastWeightMemory):
             if carrier is not None:
                 self._save_state(carrier, state)
             return out, None
-        return self._cross_attention(query, key, key_padding_mask, incremental_state), None
+        weights = self.return_attn_weights and (need_weights or need_head_weights)
+        out, attn = self._cross_attention(query, key, key_padding_mask, incremental_state, weights)
+        if attn is not None and not need_head_weights:
+            attn = attn.mean(dim=0)
+        return out, attn
 
-    def _cross_attention(self, query, key, key_padding_mask, incremental_state) -> Tensor:
+    def make_generation_fast_(self, need_attn: bool = False, **kwargs):
+        """fairseq's inference hook (``prepare_for_inference_``): ``need_attn`` is
+        ``--print-alignment``. Fails before decoding where no attention weights exist."""
+        need_attn = bool(need_attn)
+        if need_attn and self.encoder_decoder_attention and self.update_rule != "sum":
+            raise ValueError(
+                "--print-alignment needs attention weights, but this model's encoder-decoder attention is a "
+                f"fast weight attention with the {self.update_rule} rule (--fwp-update-rule {self.update_rule}), "
+                "whose reads are no weighted sum of the source values. Drop --print-alignment, or use a model "
+                "trained with --fwp-update-rule sum, or with softmax cross-attention (--fwp-replace without "
+                "cross, e.g. --fwp-replace encoder_self,decoder_self)."
+            )
+        self.return_attn_weights = need_attn and self.encoder_decoder_attention
+
+    def _cross_attention(
+        self, query, key, key_padding_mask, incremental_state, need_weights: bool = False
+    ) -> Tuple[Tensor, Optional[Tensor]]:
         """Encoder-decoder attention: memory = the source written once, read by every target query.
 
         During incremental decoding the memory is computed at the first step and kept in
-        the incremental state, so each later step costs O(d_dot * d_head) per head."""
-        if self.training:
-            self.feature_map.redraw()
+        the incremental state, so each later step costs O(d_dot * d_head) per head.
+        With ``need_weights`` (sum rule only) phi(k) of the source is kept as well and the
+        linearised weights [H, B, T, S] are returned (else None)."""
         T, B, E = query.shape
-        memory = self._load_state(incremental_state) if incremental_state is not None else None
+        memory, phi_k = None, None
+        if incremental_state is not None:
+            memory = self._load_state(incremental_state)
+            phi_k = self._get_input_buffer(incremental_state).get("phi_k")
         if memory is None:
             if key is None:
                 raise ValueError("encoder-decoder fast weight attention needs the encoder output as key")
             k, v, beta = self._keys(self.kv_proj(key), key_padding_mask)
             memory = self.write(k, v, beta)
+            if need_weights:
+                phi_k = k.permute(1, 2, 0, 3)  # [B, H, S, d_dot]: batch first, as reorder_incremental_state expects
             if incremental_state is not None:
-                self._save_state(incremental_state, memory)
+                self._save_state(incremental_state, memory, phi_k=phi_k)
         q = self.phi(self._heads(self.q_proj(query)))
-        out = self.read(q, memory)
-        return self.out_proj(out.reshape(T, B, E).to(query.dtype))
+        out = self.out_proj(self.read(q, memory).reshape(T, B, E).to(query.dtype))
+        if not need_weights:
+            return out, None
+        if phi_k is None:
+            raise RuntimeError("attention weights were requested after decoding had started without them")
+        return out, self.attention_weights(q, phi_k, memory)
+
+    def attention_weights(self, q: Tensor, phi_k: Tensor, memory: FastWeightState) -> Tensor:
+        """Sum-rule weights a_ij = phi(q_i) . phi(k_j) [/ (z . phi(q_i) + EPS)], [H, B, T, S], float32.
+
+        q is phi(q) [T, B, H, d_dot], phi_k is phi(k) [B, H, S, d_dot] (0 for padding);
+        sum_j a_ij v_j is exactly the read of ``FastWeightMemory.read`` (Eq. 15-16, 19)."""
+        qf = q.to(memory.S.dtype)
+        a = torch.einsum("tbhd,bhsd->hbts", qf, phi_k.to(qf.dtype))
+        if self.attn_norm:
+            a = a / (torch.einsum("tbhd,bhd->hbt", qf, memory.z.to(qf.dtype)).unsqueeze(-1) + EPS)
+        return a
 
     def _load_state(self, carrier) -> Optional[FastWeightState]:
         buf = self._get_input_buffer(carrier)
@@ -190,10 +248,12 @@ class FastWeightAttention(FastWeightMemory):
             return None
         return FastWeightState(buf["S"], buf.get("z"))
 
-    def _save_state(self, carrier, state: FastWeightState) -> None:
+    def _save_state(self, carrier, state: FastWeightState, phi_k: Optional[Tensor] = None) -> None:
         buf = {"S": state.S}
         if state.z is not None:
             buf["z"] = state.z
+        if phi_k is not None:
+            buf["phi_k"] = phi_k
         self._set_input_buffer(carrier, buf)
 
     def _get_input_buffer(self, incremental_state) -> Dict[str, Optional[Tensor]]:

@@ -3,9 +3,16 @@
 Each is a small module behind one interface: ``d_dot`` (output size), ``forward(x)``
 (phi), ``sum_normalized(x)`` (Eq. 29) and ``redraw()`` (new random features; only
 FAVOR+ has any). Feature maps compute in float32 whatever the input dtype.
+
+Random features are drawn once per training forward of a *model*, never inside an
+attention: the fairseq encoder and decoder call :func:`redraw_features` on themselves
+at the top of their training forward, so every call of a layer within that forward
+(including the recomputation of a ``--checkpoint-activations`` layer in the backward
+pass) sees the same features.
 """
 
 import math
+from typing import List
 
 import torch
 import torch.nn as nn
@@ -31,7 +38,7 @@ class FeatureMap(nn.Module):
         return phi / (phi.sum(-1, keepdim=True) + EPS)
 
     def redraw(self) -> None:
-        """Draw new random features (called once per training forward); no-op by default."""
+        """Draw new random features (once per training forward, see :func:`redraw_features`); no-op by default."""
 
     def extra_repr(self) -> str:
         return f"d_key={self.d_key}, d_dot={self.d_dot}"
@@ -73,11 +80,13 @@ class Dpfp(FeatureMap):
 class Favor(FeatureMap):
     """FAVOR+ (Eq. 31-32): phi(x) = exp(-|x|^2/2) / sqrt(2m) [exp(Rx), exp(-Rx)], d_dot = 2m.
 
-    R (m x d_key) holds orthogonal Gaussian random features. They are redrawn at each
-    training forward and fixed at evaluation; R is a persistent buffer, so a checkpoint
-    restores exactly the features validation used. Draws come from a private generator
-    seeded by (``seed``, ``draws``), so every distributed rank draws the same R and a
-    resumed run continues the same sequence of draws.
+    R (m x d_key) holds orthogonal Gaussian random features. They are redrawn once per
+    training forward of the model (:func:`redraw_features`) and fixed at evaluation; R
+    is a persistent buffer, so a checkpoint restores exactly the features validation
+    used. Draws come from a private generator seeded by (``seed``, ``draws``), so every
+    distributed rank draws the same R and a resumed run continues the same sequence of
+    draws. ``seed``, ``draws`` and ``features`` are copied, never averaged, by EMA and
+    checkpoint averaging (:func:`unaveraged_state_keys`).
     """
 
     def __init__(self, d_key: int, m: int = 64, seed: int = 0):
@@ -124,6 +133,28 @@ class Favor(FeatureMap):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", m={self.m}"
+
+
+def redraw_features(module: nn.Module) -> None:
+    """Redraw the random features of every feature map in ``module`` (FAVOR+; others have none).
+
+    Called once per training forward of a model (our fairseq encoder and decoder do it
+    themselves). Code that uses ``FastWeightAttention`` outside them calls it at the top
+    of its own training forward."""
+    for m in module.modules():
+        if isinstance(m, FeatureMap):
+            m.redraw()
+
+
+def unaveraged_state_keys(module: nn.Module, prefix: str = "") -> List[str]:
+    """State-dict keys of ``module`` that must be copied, not averaged, by EMA or checkpoint
+    averaging: every feature map's buffers (FAVOR+'s ``seed``, ``draws`` and ``features``).
+    An average of independent random draws is not a draw, and seed/counter are integers."""
+    keys = []
+    for name, m in module.named_modules(prefix=prefix.rstrip(".")):
+        if isinstance(m, FeatureMap):
+            keys += [f"{name}.{b}" if name else b for b, _ in m.named_buffers(recurse=False)]
+    return keys
 
 
 FEATURE_MAP_CLASSES = {"linear": EluPlusOne, "favor": Favor, "dpfp": Dpfp}
