@@ -87,15 +87,43 @@ def test_features_drawn_once_per_training_forward_not_per_layer_call():
     assert [int(f.draws) for f in favors(model)] == [2] * len(favors(model)), "evaluation must not redraw"
 
 
-def test_carried_state_with_checkpoint_activations_is_refused():
-    """The recomputation would start from another state than the forward: refuse, naming the flag."""
-    model, d = tiny_lm(feature_map="linear", rule="delta", sum_norm=True, extra=["--checkpoint-activations"])
+def _carried_grads(checkpoint, bind_around_backward):
+    """Gradients of three carried segments (detached between segments, as --fwp-carry-state trains)."""
+    from fairseq_fwp.models.encoder_decoder import detach_fast_weight_state
+
+    torch.manual_seed(0)
+    extra = ["--checkpoint-activations"] if checkpoint else []
+    model, d = tiny_lm(feature_map="dpfp", rule="delta", sum_norm=True, extra=extra)
     model.train()
-    with pytest.raises(ValueError, match="--checkpoint-activations"):
-        model(random_tokens(d, 2, 5), fast_weight_state={})
-    model.eval()
-    with torch.no_grad():
-        model(random_tokens(d, 2, 5), fast_weight_state={})  # evaluation recomputes nothing: allowed
+    g = torch.Generator().manual_seed(2)
+    state, grads = {}, []
+    for _ in range(3):
+        tokens, w = random_tokens(d, 2, 5, g), None
+        model.zero_grad()
+        if bind_around_backward:  # the task's way: bind the carrier around forward and backward
+            with model.decoder.carry_state(state):
+                out, _ = model(tokens)
+                w = torch.randn(out.shape, generator=g)
+                (out * w).sum().backward()
+        else:  # model(tokens, fast_weight_state=d): unbound again before the backward
+            out, _ = model(tokens, fast_weight_state=state)
+            w = torch.randn(out.shape, generator=g)
+            (out * w).sum().backward()
+        detach_fast_weight_state(state)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    return grads, [layer.self_attn._load_state(state).S for layer in model.decoder.layers]
+
+
+@pytest.mark.parametrize("bind_around_backward", [False, True])
+def test_carried_state_with_checkpoint_activations_gives_the_same_gradients(bind_around_backward):
+    """The recomputation must restart from the state its forward started from, not the carried-on one."""
+    plain, s_plain = _carried_grads(False, bind_around_backward)
+    ckpt, s_ckpt = _carried_grads(True, bind_around_backward)
+    for segment, (a, b) in enumerate(zip(plain, ckpt)):
+        worst = max(rel(b[n], a[n]) for n in a)
+        assert worst < 1e-5, f"segment {segment}: gradients differ by {worst:.2e} with --checkpoint-activations"
+    for a, b in zip(s_plain, s_ckpt):  # and the state carried on is the same
+        assert rel(b, a) < 1e-5
 
 
 # ------------------------------------------------------------ item 3: EMA

@@ -6,12 +6,16 @@ recomputation of a ``--checkpoint-activations`` layer in the backward pass, then
 the same features (a redraw inside the attention would give the backward other
 features than the forward). fairseq trains forward-then-backward per batch, so the
 backward always sees the features of its own forward.
+
+The decoder also numbers its forwards (``forward_id`` of each causal fast weight layer):
+with a carried state, the recomputation of a checkpointed layer is the second call of
+that layer in the same forward and restarts from the state that forward started from
+(``FastWeightAttention._carried_call``), not from the final state already carried on.
 """
 
 from contextlib import contextmanager
 from typing import Any, Dict, List, Optional
 
-import torch
 from torch import Tensor
 
 from fairseq.models.transformer import TransformerDecoderBase, TransformerEncoderBase
@@ -90,15 +94,11 @@ class FwpTransformerDecoder(TransformerDecoderBase):
         if fast_weight_state is not None:
             if incremental_state is not None:
                 raise ValueError("pass either incremental_state (step-by-step decoding) or fast_weight_state, not both")
-            if self.training and self.cfg.checkpoint_activations and torch.is_grad_enabled():
-                raise ValueError(
-                    "--checkpoint-activations cannot be combined with a carried fast weight state "
-                    "(fast_weight_state=...): the backward pass recomputes each layer after the carried state "
-                    "has moved on, i.e. from another initial state than its forward used. Drop "
-                    "--checkpoint-activations, or do not carry the state."
-                )
         if self.training:
             redraw_features(self)  # once per training forward (see the module docstring)
+        self._forward_count = getattr(self, "_forward_count", 0) + 1
+        for m in self.fast_weight_modules():  # lets a re-entrant layer call find its forward's carried state
+            m.forward_id = self._forward_count
         if fast_weight_state is None:
             return super().forward(prev_output_tokens, **kwargs)
         with self.carry_state(fast_weight_state):

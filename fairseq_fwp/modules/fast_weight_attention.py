@@ -96,6 +96,10 @@ class FastWeightAttention(FastWeightMemory):
         self.out_proj = _linear(embed_dim, embed_dim)
         # a dict bound by FwpTransformerDecoder to carry the state across calls (see carry_state)
         self.carry: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None
+        # set by FwpTransformerDecoder at each of its forwards; (forward_id, carrier, initial
+        # state) of this layer's carried call in that forward (see _carried_call)
+        self.forward_id: Optional[int] = None
+        self._carried = None
         # set by make_generation_fast_(need_attn=True) (fairseq-generate --print-alignment)
         self.return_attn_weights = False
 
@@ -172,12 +176,14 @@ class FastWeightAttention(FastWeightMemory):
         so the request alone computes nothing.
         """
         if self.self_attention:
-            carrier = incremental_state if incremental_state is not None else self.carry
-            state = self._load_state(carrier) if carrier is not None else None
+            if incremental_state is not None:
+                carrier, state, save = incremental_state, self._load_state(incremental_state), True
+            else:
+                carrier, state, save = self._carried_call()
             out, state = self.fast_weight_forward(
-                query, key_padding_mask, initial_state=state, output_final_state=carrier is not None
+                query, key_padding_mask, initial_state=state, output_final_state=save
             )
-            if carrier is not None:
+            if save:
                 self._save_state(carrier, state)
             return out, None
         weights = self.return_attn_weights and (need_weights or need_head_weights)
@@ -185,6 +191,24 @@ class FastWeightAttention(FastWeightMemory):
         if attn is not None and not need_head_weights:
             attn = attn.mean(dim=0)
         return out, attn
+
+    def _carried_call(self):
+        """(carrier, initial state, write back?) of a call that carries the state across model forwards.
+
+        A second call within the same model forward (same ``forward_id``) is a re-entrant
+        call: the recomputation of a ``--checkpoint-activations`` layer in the backward
+        pass, possibly after the carrier was unbound. The carrier then already holds this
+        forward's final state, so the call starts again from the recorded initial state
+        and writes nothing, and the backward sees the forward's own computation."""
+        done = self._carried
+        if done is not None and self.forward_id is not None and done[0] == self.forward_id:
+            return done[1], done[2], False
+        if self.carry is None:
+            self._carried = None
+            return None, None, False
+        initial = self._load_state(self.carry)
+        self._carried = (self.forward_id, self.carry, initial) if self.forward_id is not None else None
+        return self.carry, initial, True
 
     def make_generation_fast_(self, need_attn: bool = False, **kwargs):
         """fairseq's inference hook (``prepare_for_inference_``): ``need_attn`` is
