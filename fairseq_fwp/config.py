@@ -73,7 +73,7 @@ def check_dpfp_nu(nu: int, d_key: int) -> None:
 def warn_delta_without_sum_norm(update_rule: str, sum_norm: bool) -> None:
     """Warn (once per process) that the delta rule without ``--fwp-sum-norm`` diverges.
 
-    The delta update W <- W (I - beta phi(k) phi(k)^T) + beta v phi(k)^T is contractive
+    The delta update W <- W (I - beta phi(k) phi(k)^T) + beta v phi(k)^T is non-expansive
     only while beta * |phi(k)|^2 <= 2; sum normalisation (Eq. 29) keeps |phi(k)|_2 <= 1.
     Without it |phi(k)|^2 grows with d_dot and the fast weights blow up (the paper,
     Sec. 6.3: "the models diverged otherwise"). Still allowed, for ablations."""
@@ -128,7 +128,7 @@ class FwpAttentionConfig(FairseqDataclass):
         metadata={"help": "FAVOR+ number of random features m >= 1, d_dot = 2m (Eq. 31-32)"},
     )
     fwp_replace: str = field(
-        default=",".join(ATTENTIONS),
+        default=ALL_ATTENTIONS,
         metadata={
             "help": "comma-separated attentions that use the fast weight attention: any "
             "of encoder_self, decoder_self, cross that the model has (the others stay "
