@@ -100,6 +100,18 @@ def test_cpu_command_has_no_half_precision(monkeypatch, tmp_path):
     assert "--bf16" in wmt14.train_command("delta", tmp_path, tmp_path, precision="bf16")
 
 
+def test_distributed_flags(monkeypatch):
+    for k in ("SLURM_JOB_ID", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "FWP_DISTRIBUTED_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    assert wmt14.distributed_flags(1) == []
+    assert wmt14.distributed_flags(8) == ["--distributed-world-size", "8"]  # fairseq spawns 8 processes
+    monkeypatch.setenv("SLURM_JOB_ID", "123456")  # srun, one task per GPU
+    assert wmt14.distributed_flags(16) == ["--distributed-world-size", "16", "--distributed-port", "13456"]
+    for k, v in (("MASTER_ADDR", "n0"), ("MASTER_PORT", "29500"), ("WORLD_SIZE", "16"), ("RANK", "3")):
+        monkeypatch.setenv(k, v)  # torchrun inside an allocation: fairseq uses env://
+    assert wmt14.distributed_flags(16) == ["--distributed-world-size", "16"]
+
+
 @pytest.mark.parametrize("gpus,freq", [(1, 48), (2, 24), (3, 16), (4, 12), (8, 6)])
 def test_update_freq_keeps_the_papers_tokens_per_update(gpus, freq):
     assert wmt14.update_freq(gpus) == freq

@@ -566,8 +566,24 @@ def train_command(model: str, data: Path, save_dir: Path, extra: Sequence[str] =
     cmd = common.fairseq_cmd("train", data / "bin", "--user-dir", common.USER_DIR, *TRAIN_FLAGS, *m.flags,
                              "--update-freq", update_freq(workers), "--save-dir", save_dir)
     cmd += common.precision_flags(precision) if workers > 0 else ["--cpu"]
+    cmd += distributed_flags(workers)
     cmd += common.tensorboard_flags(save_dir / "tensorboard")
     return cmd + [str(x) for x in extra]
+
+
+def distributed_flags(workers: int) -> List[str]:
+    """fairseq's own distributed training: one node spawns a process per GPU itself; under
+    torchrun it reads RANK/WORLD_SIZE/MASTER_*; under srun (one task per GPU) it builds a
+    tcp:// address from the SLURM node list and needs a port. The world size is passed
+    explicitly, since a task that sees only its own GPU would otherwise train alone."""
+    if workers <= 1:
+        return []
+    flags = ["--distributed-world-size", str(workers)]
+    torchrun = all(k in os.environ for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK"))
+    if "SLURM_JOB_ID" in os.environ and not torchrun:
+        port = os.environ.get("FWP_DISTRIBUTED_PORT") or str(10000 + int(os.environ["SLURM_JOB_ID"]) % 20000)
+        flags += ["--distributed-port", port]
+    return flags
 
 
 def train(argv: Sequence[str]) -> int:
@@ -587,10 +603,12 @@ def train(argv: Sequence[str]) -> int:
         print(shlex.join(cmd))
         return 0
     save.mkdir(parents=True, exist_ok=True)
-    (save / "recipe.json").write_text(json.dumps({"model": a.model, "data": str(data), "command": cmd}, indent=1))
-    if (save / "checkpoint_last.pt").is_file():
-        print(f"[wmt14] resuming from {save / 'checkpoint_last.pt'}", file=sys.stderr)
-    common.run(cmd, log=save / "train.log")
+    rank = int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)  # one launcher per rank
+    if rank == 0:
+        (save / "recipe.json").write_text(json.dumps({"model": a.model, "data": str(data), "command": cmd}, indent=1))
+        if (save / "checkpoint_last.pt").is_file():
+            print(f"[wmt14] resuming from {save / 'checkpoint_last.pt'}", file=sys.stderr)
+    common.run(cmd, log=save / ("train.log" if rank == 0 else f"train.rank{rank}.log"))
     return 0
 
 
