@@ -11,11 +11,18 @@ whitespace-tokenised text, ready for ``fairseq-preprocess``:
   number agreement (singular subject -> singular verb), so a language model can do
   much better than the uniform distribution over the vocabulary. Files
   ``{train,valid,test}.txt``.
+* :func:`write_episode_corpus` -- long-range structure for carried-state language
+  modelling (paper Table 4): a stream of episodes (one per line), each drawing its
+  tokens from its own random subset of the vocabulary. Which tokens an episode uses is
+  only known from the episode so far, which is longer than a training segment, so a
+  model whose memory spans segments -- and forgets the previous episode at the line
+  break -- predicts better than a sliding window. Files ``{train,valid,test}.txt``.
 
 Command line (used by the demo)::
 
     python -m fairseq_fwp.toy_data translation OUT_DIR [--task reverse] [--seed 1]
     python -m fairseq_fwp.toy_data lm OUT_DIR [--seed 1]
+    python -m fairseq_fwp.toy_data episodes OUT_DIR [--seed 1]
 
 This module imports nothing from fairseq or torch.
 """
@@ -33,6 +40,8 @@ __all__ = [
     "lm_sentences",
     "write_lm_corpus",
     "LM_VOCAB",
+    "episode_lines",
+    "write_episode_corpus",
 ]
 
 SPLITS = ("train", "valid", "test")
@@ -175,6 +184,60 @@ def write_lm_corpus(
     return paths
 
 
+# --------------------------------------------------------------------------- episodes (long range)
+
+
+def episode_lines(
+    n_tokens: int,
+    vocab_size: int = 128,
+    set_size: int = 16,
+    min_len: int = 96,
+    max_len: int = 160,
+    seed: int = 0,
+) -> List[str]:
+    """Episodes with about ``n_tokens`` tokens in all, one per line.
+
+    Each episode has a uniform random length in [min_len, max_len] and draws its words
+    i.i.d. uniformly from its own random subset of ``set_size`` of the ``vocab_size``
+    words ``e0 ... e{V-1}``. The Bayes-optimal predictor knows which words the episode
+    has used so far: a seen word has probability 1/set_size, the rest of the mass is
+    spread over the unseen words. Its perplexity therefore drops with the length of
+    the context within the episode (for the defaults, about 31 with the last 32 tokens
+    as context and 23 with the whole episode; uniform = 128).
+    """
+    if not 1 <= set_size <= vocab_size:
+        raise ValueError("need 1 <= set_size <= vocab_size")
+    if not 1 <= min_len <= max_len:
+        raise ValueError("need 1 <= min_len <= max_len")
+    rng = random.Random(seed)
+    words = [f"e{i}" for i in range(vocab_size)]
+    lines, total = [], 0
+    while total < n_tokens:
+        subset = rng.sample(words, set_size)
+        length = rng.randint(min_len, max_len)
+        lines.append(" ".join(rng.choice(subset) for _ in range(length)))
+        total += length + 1  # + </s>
+    return lines
+
+
+def write_episode_corpus(
+    out_dir: str,
+    sizes: Sequence[int] = (200_000, 20_000, 20_000),
+    seed: int = 1,
+    **kwargs,
+) -> Dict[str, str]:
+    """Write ``{train,valid,test}.txt`` of :func:`episode_lines` (sizes in tokens)."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {}
+    for k, (split, n) in enumerate(zip(SPLITS, sizes)):
+        path = os.path.join(out_dir, f"{split}.txt")
+        with open(path, "w") as f:
+            for line in episode_lines(n, seed=seed * 1000 + k, **kwargs):
+                f.write(line + "\n")
+        paths[split] = path
+    return paths
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -200,11 +263,19 @@ def main(argv=None) -> None:
     lm.add_argument("out_dir")
     lm.add_argument("--sizes", type=_sizes, default=(6000, 300, 300), help="TRAIN,VALID,TEST")
     lm.add_argument("--seed", type=int, default=1)
+    ep = sub.add_parser("episodes", help="episodes with their own word subsets (long-range structure)")
+    ep.add_argument("out_dir")
+    ep.add_argument("--sizes", type=_sizes, default=(200_000, 20_000, 20_000), help="TRAIN,VALID,TEST tokens")
+    ep.add_argument("--vocab-size", type=int, default=128)
+    ep.add_argument("--set-size", type=int, default=16)
+    ep.add_argument("--seed", type=int, default=1)
     a = p.parse_args(argv)
     if a.kind == "translation":
         write_translation_corpus(
             a.out_dir, a.task, a.sizes, a.vocab_size, a.min_len, a.max_len, a.seed
         )
+    elif a.kind == "episodes":
+        write_episode_corpus(a.out_dir, a.sizes, a.seed, vocab_size=a.vocab_size, set_size=a.set_size)
     else:
         write_lm_corpus(a.out_dir, a.sizes, a.seed)
 

@@ -175,6 +175,19 @@ def test_carried_state_equals_one_long_forward(data, flags):
     assert sum(losses) == pytest.approx(long_loss.item(), rel=1e-4)
 
 
+def test_without_the_detach_the_second_segment_cannot_backpropagate(data, monkeypatch):
+    """The detach is what bounds backpropagation to one segment (a broken carry fails loudly)."""
+    from fairseq_fwp.tasks import fwp_language_modeling as mod
+
+    task, model, criterion = setup(data, ["--fwp-carry-state", "--batch-size", "3"])
+    task.load_dataset("train")
+    bs = batches(task)
+    monkeypatch.setattr(mod, "detach_fast_weight_state", lambda state: None)
+    task.train_step(bs[0], model, criterion, BackwardOnly(), 0)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        task.train_step(bs[1], model, criterion, BackwardOnly(), 1)
+
+
 def test_state_resets_at_epoch_start(data):
     task, model, criterion = setup(data, ["--fwp-carry-state", "--batch-size", "3", "--no-token-positional-embeddings"])
     task.load_dataset("train")
