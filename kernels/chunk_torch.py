@@ -5,6 +5,11 @@ form): with A = tril(diag(c) K K^T, -1), the per-token "new values" are
 U = (I + A)^{-1} (diag(beta) V - diag(c) K S_0), the outputs O = Q S_0 + tril(Q K^T) U
 and the next state S_C = S_0 + K^T U. Across chunks one short loop carries S.
 The sum rule is the special case c = 0, beta = 1 (U = V).
+
+Everything is computed in the accumulation dtype (float32 for half inputs); ``out_dtype``
+chooses the dtype the output is returned in (default v's). ``fast_weight_scan`` asks for
+float32 when it divides by the attention normaliser afterwards: the un-normalised read
+grows with the number of tokens written and leaves the float16 range at long context.
 """
 
 from typing import Optional, Tuple
@@ -33,6 +38,13 @@ def _from_chunks(o: torch.Tensor, T: int, dtype: torch.dtype) -> torch.Tensor:
     return o.permute(2, 3, 0, 1, 4).reshape(N * C, B, H, V)[:T].to(dtype)
 
 
+def _per_chunk(*xs: torch.Tensor):
+    """Each [B, H, N, ...] tensor as N per-chunk views. ``unbind`` (not ``x[:, :, n]``):
+    its backward stacks the N gradients once, where indexing in the loop would add a
+    full-size zero gradient per chunk, O(N^2) work (minutes of backward at T = 65,536)."""
+    return [x.unbind(2) for x in xs]
+
+
 def _start(q, k, v, initial_state, chunk_size):
     """(T, C, Q, K, V chunked [B,H,N,C,D], S_0 [B,H,d_dot,d_value]) shared by both scans."""
     T, B, H, K = q.shape
@@ -48,15 +60,17 @@ def chunk_linear_attn_torch(
     v: torch.Tensor,
     initial_state: Optional[torch.Tensor] = None,
     chunk_size: int = 64,
+    out_dtype: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Causal sum-rule scan. Returns (o [T,B,H,V] in v's dtype, final S [B,H,K,V] float32)."""
+    """Causal sum-rule scan. Returns (o [T,B,H,V] in ``out_dtype`` (default v's dtype),
+    final S [B,H,K,V] float32)."""
     T, C, Q, Kc, Vc, S = _start(q, k, v, initial_state, chunk_size)
     qk = torch.tril(Q @ Kc.transpose(-1, -2))  # [B,H,N,C,C], inclusive diagonal
     outs = []
-    for n in range(Q.shape[2]):
-        outs.append(Q[:, :, n] @ S + qk[:, :, n] @ Vc[:, :, n])
-        S = S + Kc[:, :, n].transpose(-1, -2) @ Vc[:, :, n]
-    return _from_chunks(torch.stack(outs, 2), T, v.dtype), S
+    for Q_n, K_n, V_n, qk_n in zip(*_per_chunk(Q, Kc, Vc, qk)):
+        outs.append(Q_n @ S + qk_n @ V_n)
+        S = S + K_n.transpose(-1, -2) @ V_n
+    return _from_chunks(torch.stack(outs, 2), T, out_dtype or v.dtype), S
 
 
 def chunk_delta_rule_torch(
@@ -67,8 +81,10 @@ def chunk_delta_rule_torch(
     erase: Optional[torch.Tensor] = None,
     initial_state: Optional[torch.Tensor] = None,
     chunk_size: int = 64,
+    out_dtype: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Causal delta-rule scan with write strength beta and erase strength c (= beta if None)."""
+    """Causal delta-rule scan with write strength beta and erase strength c (= beta if None).
+    Returns (o [T,B,H,V] in ``out_dtype`` (default v's dtype), final S [B,H,K,V] float32)."""
     T, C, Q, Kc, Vc, S = _start(q, k, v, initial_state, chunk_size)
     V = v.shape[-1]
     b = _to_chunks(beta, C).unsqueeze(-1)  # [B,H,N,C,1]
@@ -81,8 +97,8 @@ def chunk_delta_rule_torch(
     U0, Wk = X[..., :V], X[..., V:]  # U = U0 - Wk S_0
     qk = torch.tril(Q @ Kc.transpose(-1, -2))
     outs = []
-    for n in range(Q.shape[2]):
-        U = U0[:, :, n] - Wk[:, :, n] @ S
-        outs.append(Q[:, :, n] @ S + qk[:, :, n] @ U)
-        S = S + Kc[:, :, n].transpose(-1, -2) @ U
-    return _from_chunks(torch.stack(outs, 2), T, v.dtype), S
+    for Q_n, K_n, U0_n, Wk_n, qk_n in zip(*_per_chunk(Q, Kc, U0, Wk, qk)):
+        U = U0_n - Wk_n @ S
+        outs.append(Q_n @ S + qk_n @ U)
+        S = S + K_n.transpose(-1, -2) @ U
+    return _from_chunks(torch.stack(outs, 2), T, out_dtype or v.dtype), S

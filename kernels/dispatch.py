@@ -11,8 +11,16 @@ Implementations (``impl``):
     (one-token step kernels when T = 1 and no gradient is needed), else ``"recurrent"``
     for T = 1 and ``"chunk"`` otherwise.
 
-A core implementation provides ``linear_attn(q, k, v, S0) -> (o, S)`` and
-``delta_rule(q, k, v, beta, erase, S0) -> (o, S)`` on un-normalised inputs.
+A core implementation provides ``linear_attn(q, k, v, S0, out_dtype) -> (o, S)`` and
+``delta_rule(q, k, v, beta, erase, S0, out_dtype) -> (o, S)`` on un-normalised inputs,
+returning the un-normalised read o in ``out_dtype``. With the attention normalisation
+that is float32 (the accumulation dtype): o = S^T phi(q) grows with the number of tokens
+written (about T times a typical phi(k).phi(q) v) and leaves the float16 range (65504)
+at long context, while o / (z . phi(q)) stays within the values' range. The division is
+done here on the float32 o, the result is cast to the activation dtype once, and the
+gradient that reaches the core (dy / (z . phi(q)), which would underflow in float16) is
+float32 as well. The core then also gets phi(q) in float32 (with half phi(k), v), so
+that dq is float32 too. See docs/design.md, "Precision".
 """
 
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
@@ -35,8 +43,8 @@ def _torch_core() -> CoreImpl:
     from .chunk_torch import chunk_delta_rule_torch, chunk_linear_attn_torch
 
     return CoreImpl(
-        linear_attn=lambda q, k, v, S0: chunk_linear_attn_torch(q, k, v, S0),
-        delta_rule=lambda q, k, v, b, c, S0: chunk_delta_rule_torch(q, k, v, b, c, S0),
+        linear_attn=lambda q, k, v, S0, od: chunk_linear_attn_torch(q, k, v, S0, out_dtype=od),
+        delta_rule=lambda q, k, v, b, c, S0, od: chunk_delta_rule_torch(q, k, v, b, c, S0, out_dtype=od),
         supports=lambda q, v: True,
     )
 
@@ -63,15 +71,17 @@ def _triton_core() -> CoreImpl:
     def zero_state(q, v):
         return q.new_zeros(q.shape[1], q.shape[2], q.shape[3], v.shape[3], dtype=torch.float32)
 
-    def linear_attn(q, k, v, S0):
+    def linear_attn(q, k, v, S0, out_dtype):
         if _decoding_step(q, k, v, S0):
-            return linear_attn_step(q, k, v, zero_state(q, v) if S0 is None else S0)
-        return chunk_linear_attn(q, k, v, initial_state=S0, output_final_state=True)
+            return linear_attn_step(q, k, v, zero_state(q, v) if S0 is None else S0, out_dtype=out_dtype)
+        return chunk_linear_attn(q, k, v, initial_state=S0, output_final_state=True, out_dtype=out_dtype)
 
-    def delta_rule(q, k, v, b, c, S0):
+    def delta_rule(q, k, v, b, c, S0, out_dtype):
         if _decoding_step(q, k, v, b, c, S0):
-            return delta_rule_step(q, k, v, b, zero_state(q, v) if S0 is None else S0, erase=c)
-        return chunk_delta_rule(q, k, v, b, erase=c, initial_state=S0, output_final_state=True)
+            return delta_rule_step(q, k, v, b, zero_state(q, v) if S0 is None else S0, erase=c, out_dtype=out_dtype)
+        return chunk_delta_rule(
+            q, k, v, b, erase=c, initial_state=S0, output_final_state=True, out_dtype=out_dtype
+        )
 
     def supports(q: torch.Tensor, v: torch.Tensor) -> bool:
         on_device = q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
@@ -166,7 +176,10 @@ def fast_weight_scan(
     ``z . phi(k)`` (Eq. 26), which is the same recurrence with erase strength
     ``c_i = beta_i / (z_{i-1} . phi(k_i))``. Returns ``(out [T,B,H,d_value], state or None)``.
     q, k, v of different dtypes are computed in their common (widest) dtype; the output
-    has that dtype, states are float32 (float64 for float64 inputs).
+    has that dtype, states are float32 (float64 for float64 inputs). With ``attn_norm``
+    the division is done on float32 values on every implementation, so half-precision
+    inputs give finite outputs at any context length (the un-normalised read
+    S^T phi(q) is never rounded to the input dtype).
     """
     _check(q, k, v, beta, rule, initial_state)
     if not (q.dtype == k.dtype == v.dtype):
@@ -189,6 +202,10 @@ def fast_weight_scan(
     erase = None
     if attn_norm:
         dt = acc_dtype(q.dtype)
+        # one float32 q for the read and the denominator: the two parts of dq (through
+        # S^T q and through z . q) nearly cancel at long context, so they are added in
+        # float32 and rounded to q's dtype once
+        q = q.to(dt)
         kf = k.to(dt)
         z_incl = torch.cumsum(kf, 0)  # z_i (Eq. 18), [T,B,H,K]
         if initial_state is not None and initial_state.z is not None:
@@ -196,13 +213,15 @@ def fast_weight_scan(
         if rule == "delta":
             z_prev = z_incl - kf
             erase = beta.to(dt) / ((z_prev * kf).sum(-1) + EPS)  # c_i of Eq. 26-27
+    # the un-normalised read of an attention-normalised scan stays float32 (see module doc)
+    out_dtype = z_incl.dtype if attn_norm else v.dtype
     if rule == "sum":
-        out, S = core.linear_attn(q, k, v, S0)
+        out, S = core.linear_attn(q, k, v, S0, out_dtype)
     else:
-        out, S = core.delta_rule(q, k, v, beta, erase, S0)
+        out, S = core.delta_rule(q, k, v, beta, erase, S0, out_dtype)
     if attn_norm:
-        denom = (z_incl * q.to(z_incl.dtype)).sum(-1, keepdim=True) + EPS  # Eq. 19/28
-        out = (out.to(z_incl.dtype) / denom).to(v.dtype)
+        denom = (z_incl * q).sum(-1, keepdim=True) + EPS  # Eq. 19/28
+        out = (out / denom).to(v.dtype)
     final = None
     if output_final_state:
         if attn_norm:

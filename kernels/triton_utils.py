@@ -124,7 +124,11 @@ def device_guard(x: torch.Tensor):
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Tuple[int, int, int, int, int]:
-    """Validate q, k ``[T,B,H,d_dot]`` and v ``[T,B,H,d_value]``; return (T, B, H, K, V)."""
+    """Validate q, k ``[T,B,H,d_dot]`` and v ``[T,B,H,d_value]``; return (T, B, H, K, V).
+
+    k and v share a dtype; q has it too, or is float32 (every tile is loaded as float32
+    anyway; dq is then float32, which the attention-normalised scans use, see
+    :func:`fwp_kernels.fast_weight_scan`). The dot precision follows k's dtype."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -138,8 +142,10 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Tuple[int, i
         raise ValueError(
             f"q is on {q.device}: the Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 on CPU)"
         )
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"q, k and v must share a dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if v.dtype != k.dtype or q.dtype not in (k.dtype, torch.float32):
+        raise TypeError(
+            f"q, k and v must share a dtype (q may also be float32), got q {q.dtype}, k {k.dtype}, v {v.dtype}"
+        )
     if k.shape != q.shape:
         raise ValueError(f"k must have q's shape [T, B, H, d_dot] = {tuple(q.shape)}, got {tuple(k.shape)}")
     if v.shape[:3] != q.shape[:3]:
@@ -176,6 +182,16 @@ def check_state(name: str, S: torch.Tensor, q: torch.Tensor, K: int, V: int) -> 
         raise TypeError(f"{name} must be floating point, got {S.dtype}")
     if S.device != q.device:
         raise ValueError(f"{name} is on {S.device} but q is on {q.device}")
+
+
+def check_out_dtype(out_dtype: Optional[torch.dtype], v: torch.Tensor) -> torch.dtype:
+    """The dtype an output is stored in: v's by default, or one of the supported dtypes
+    (float32 for a read that is divided by the attention normaliser afterwards)."""
+    if out_dtype is None:
+        return v.dtype
+    if out_dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"out_dtype must be float32, float16 or bfloat16 (or None: v's dtype), got {out_dtype}")
+    return out_dtype
 
 
 def check_chunk_size(chunk_size: int) -> None:

@@ -55,6 +55,7 @@ from ..triton_utils import (
     NUM_WARPS,
     buffer_strides4,
     check_chunk_size,
+    check_out_dtype,
     check_qkv,
     check_state,
     check_strength,
@@ -412,15 +413,15 @@ def delta_rule_states_fwd(k, w, u, h0, chunk_size):
     return h, vnew
 
 
-def chunk_delta_rule_fwd(q, k, v, beta, erase, h0, chunk_size):
-    """Returns (o [T,B,H,V] in v's dtype, final state [B,H,K,V] float32). erase=None: c = beta."""
+def chunk_delta_rule_fwd(q, k, v, beta, erase, h0, chunk_size, out_dtype):
+    """Returns (o [T,B,H,V] in out_dtype, final state [B,H,K,V] float32). erase=None: c = beta."""
     T, B, H, K = q.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, chunk_size)
     x, w, u = delta_rule_prepare(k, v, beta, beta if erase is None else erase, chunk_size)
     h, vnew = delta_rule_states_fwd(k, w, u, h0, chunk_size)
     del x, w, u
-    o = chunk_output_fwd(q, k, vnew, buffer_strides4(H, NT * chunk_size, V), h, v.dtype, chunk_size)
+    o = chunk_output_fwd(q, k, vnew, buffer_strides4(H, NT * chunk_size, V), h, out_dtype, chunk_size)
     return o, h[:, -1].reshape(B, H, K, V)
 
 
@@ -433,7 +434,7 @@ def chunk_delta_rule_bwd(q, k, v, beta, erase, h0, do, dht, chunk_size):
     NT = triton.cdiv(T, C)
     BK, BV = tile_sizes(K, V)
     NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
-    prec = dot_precision(q.dtype)
+    prec = dot_precision(k.dtype)
     c = beta if erase is None else erase
     x, w, u = delta_rule_prepare(k, v, beta, c, C)
     h, vnew = delta_rule_states_fwd(k, w, u, h0, C)
@@ -474,10 +475,10 @@ def chunk_delta_rule_bwd(q, k, v, beta, erase, h0, do, dht, chunk_size):
 
 class ChunkDeltaRuleFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, beta, erase, h0, chunk_size):
+    def forward(ctx, q, k, v, beta, erase, h0, chunk_size, out_dtype):
         ctx.set_materialize_grads(False)
         with device_guard(q):
-            o, ht = chunk_delta_rule_fwd(q, k, v, beta, erase, h0, chunk_size)
+            o, ht = chunk_delta_rule_fwd(q, k, v, beta, erase, h0, chunk_size, out_dtype)
         ctx.save_for_backward(q, k, v, beta, erase, h0)
         ctx.chunk_size = chunk_size
         return o, ht
@@ -493,7 +494,7 @@ class ChunkDeltaRuleFunction(torch.autograd.Function):
             dq, dk, dv, dbeta, derase, dh0 = chunk_delta_rule_bwd(
                 q, k, v, beta, erase, h0, do, dht, ctx.chunk_size
             )
-        return dq, dk, dv, dbeta, derase, (dh0 if h0 is not None else None), None
+        return dq, dk, dv, dbeta, derase, (dh0 if h0 is not None else None), None, None
 
 
 def chunk_delta_rule(
@@ -505,18 +506,23 @@ def chunk_delta_rule(
     initial_state: Optional[torch.Tensor] = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
+    out_dtype: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Causal delta rule with Triton chunked kernels (differentiable in every input).
 
     q, k: ``[T, B, H, d_dot]``; v: ``[T, B, H, d_value]`` (time-major, any strides,
-    float32/float16/bfloat16, one dtype). beta: write strengths ``[T, B, H]``; erase:
+    float32/float16/bfloat16, one dtype; q may also be float32 with half k, v). beta: write strengths ``[T, B, H]``; erase:
     optional erase strengths ``[T, B, H]`` (default: beta). initial_state:
     ``[B, H, d_dot, d_value]`` (S = W^T, used as float32). Returns ``(o, final_state)``:
-    o ``[T, B, H, d_value]`` in v's dtype, final_state ``[B, H, d_dot, d_value]`` float32
-    or None. Keys are used as given (the model sum-normalises them, Eq. 29).
+    o ``[T, B, H, d_value]`` in ``out_dtype`` (default v's dtype; accumulated in float32,
+    rounded once when stored; float32 for an attention-normalised read, see
+    :func:`fwp_kernels.linear_attn.chunk_linear_attn`), final_state
+    ``[B, H, d_dot, d_value]`` float32 or None. Keys are used as given (the model
+    sum-normalises them, Eq. 29).
     """
     T, B, H, K, V = check_qkv(q, k, v)
     check_chunk_size(chunk_size)
+    out_dtype = check_out_dtype(out_dtype, v)
     check_strength("beta", beta, q)
     if erase is not None:
         check_strength("erase", erase, q)
@@ -525,10 +531,10 @@ def chunk_delta_rule(
         check_state("initial_state", initial_state, q, K, V)
         h0 = initial_state.float().contiguous()
     if T == 0:
-        o = v.new_zeros(0, B, H, V)
+        o = v.new_zeros(0, B, H, V, dtype=out_dtype)
         ht = h0 if h0 is not None else q.new_zeros(B, H, K, V, dtype=torch.float32)
         return o, (ht if output_final_state else None)
-    o, ht = ChunkDeltaRuleFunction.apply(q, k, v, beta, erase, h0, chunk_size)
+    o, ht = ChunkDeltaRuleFunction.apply(q, k, v, beta, erase, h0, chunk_size, out_dtype)
     return o, (ht if output_final_state else None)
 
 

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from ..linear_attn.step import _one_token
-from ..triton_utils import check_qkv, check_state, check_strength, device_guard, tile_sizes
+from ..triton_utils import check_out_dtype, check_qkv, check_state, check_strength, device_guard, tile_sizes
 
 
 @triton.jit
@@ -81,9 +81,12 @@ def delta_rule_step(
     beta: torch.Tensor,
     state: torch.Tensor,
     erase: Optional[torch.Tensor] = None,
+    out_dtype: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """One decoding step of the delta rule. Returns ``(o, new_state)``: o shaped like v
-    (``[B, H, d_value]`` or ``[1, B, H, d_value]``) in v's dtype, new_state float32."""
+    (``[B, H, d_value]`` or ``[1, B, H, d_value]``) in ``out_dtype`` (default v's dtype;
+    float32 for an attention-normalised read, see
+    :func:`fwp_kernels.linear_attn.linear_attn_step`), new_state float32."""
     squeeze = v.dim() == 3
     q4, k4, v4 = _one_token("q", q), _one_token("k", k), _one_token("v", v)
     _, B, H, K, V = check_qkv(q4, k4, v4)
@@ -94,12 +97,13 @@ def delta_rule_step(
         c3 = _one_strength("erase", erase)
         check_strength("erase", c3, q4)
     check_state("state", state, q4, K, V)
+    out_dtype = check_out_dtype(out_dtype, v)
     tensors = (q, k, v, beta, state) + (() if erase is None else (erase,))
     if torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
         raise RuntimeError("delta_rule_step has no autograd; use chunk_delta_rule for training")
     s_in = state.float().contiguous()
     s_out = torch.empty_like(s_in)
-    o = torch.empty(B, H, V, device=v.device, dtype=v.dtype)
+    o = torch.empty(B, H, V, device=v.device, dtype=out_dtype)
     BK, BV = tile_sizes(K, V)
     with device_guard(q):
         delta_rule_step_kernel[(B * H, triton.cdiv(V, BV))](

@@ -36,6 +36,7 @@ import triton.language as tl
 from ..triton_utils import (
     NUM_WARPS,
     check_chunk_size,
+    check_out_dtype,
     check_qkv,
     check_state,
     device_guard,
@@ -258,21 +259,21 @@ def chunk_output_fwd(q, k, u, u_strides, h, out_dtype, chunk_size):
     chunk_output_kernel[(B * H, NT, triton.cdiv(V, BV))](
         q, k, u, h, o, T, H, K, V,
         *strides4(q), *strides4(k), *u_strides, *strides4(o), NT,
-        C=C, BK=BK, BV=BV, PREC=dot_precision(q.dtype), num_warps=NUM_WARPS,
+        C=C, BK=BK, BV=BV, PREC=dot_precision(k.dtype), num_warps=NUM_WARPS,
     )
     return o
 
 
-def chunk_linear_attn_fwd(q, k, v, h0, chunk_size):
-    """Returns (o [T,B,H,V] in v's dtype, final state [B,H,K,V] float32)."""
+def chunk_linear_attn_fwd(q, k, v, h0, chunk_size, out_dtype):
+    """Returns (o [T,B,H,V] in out_dtype, final state [B,H,K,V] float32)."""
     T, B, H, K = q.shape
     V = v.shape[-1]
     h = chunk_states_fwd(k, v, h0, chunk_size)
-    o = chunk_output_fwd(q, k, v, strides4(v), h, v.dtype, chunk_size)
+    o = chunk_output_fwd(q, k, v, strides4(v), h, out_dtype, chunk_size)
     return o, h[:, -1].reshape(B, H, K, V)
 
 
-def chunk_state_grads_bwd(q, do, dht, K, V, chunk_size):
+def chunk_state_grads_bwd(q, do, dht, K, V, chunk_size, prec):
     """Reverse pass of the sum rule: dh ``[B*H, N+1, K, V]``, dh[:, n] = dL/dh_n."""
     T, B, H, _ = q.shape
     C = chunk_size
@@ -282,7 +283,7 @@ def chunk_state_grads_bwd(q, do, dht, K, V, chunk_size):
     linear_attn_state_bwd_kernel[(B * H, triton.cdiv(K, BK), triton.cdiv(V, BV))](
         q, do, dht if dht is not None else dh, dh, T, H, K, V,
         *strides4(q), *strides4(do), NT,
-        C=C, BK=BK, BV=BV, HAS_DHT=dht is not None, PREC=dot_precision(q.dtype), num_warps=NUM_WARPS,
+        C=C, BK=BK, BV=BV, HAS_DHT=dht is not None, PREC=prec, num_warps=NUM_WARPS,
     )
     return dh
 
@@ -294,9 +295,9 @@ def chunk_linear_attn_bwd(q, k, v, h0, do, dht, chunk_size):
     C = chunk_size
     NT = triton.cdiv(T, C)
     BK, BV = tile_sizes(K, V)
-    prec = dot_precision(q.dtype)
+    prec = dot_precision(k.dtype)
     h = chunk_states_fwd(k, v, h0, chunk_size)
-    dh = chunk_state_grads_bwd(q, do, dht, K, V, chunk_size)
+    dh = chunk_state_grads_bwd(q, do, dht, K, V, chunk_size, prec)
     dq = torch.empty(T, B, H, K, device=q.device, dtype=q.dtype)
     dk = torch.empty(T, B, H, K, device=q.device, dtype=k.dtype)
     dv = torch.empty(T, B, H, V, device=q.device, dtype=v.dtype)
@@ -316,10 +317,10 @@ def chunk_linear_attn_bwd(q, k, v, h0, do, dht, chunk_size):
 
 class ChunkLinearAttnFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, h0, chunk_size):
+    def forward(ctx, q, k, v, h0, chunk_size, out_dtype):
         ctx.set_materialize_grads(False)
         with device_guard(q):
-            o, ht = chunk_linear_attn_fwd(q, k, v, h0, chunk_size)
+            o, ht = chunk_linear_attn_fwd(q, k, v, h0, chunk_size, out_dtype)
         ctx.save_for_backward(q, k, v, h0)
         ctx.chunk_size = chunk_size
         return o, ht
@@ -333,7 +334,7 @@ class ChunkLinearAttnFunction(torch.autograd.Function):
             dht = dht.float().contiguous()  # read as a contiguous [B*H, K, V] block
         with device_guard(q):
             dq, dk, dv, dh0 = chunk_linear_attn_bwd(q, k, v, h0, do, dht, ctx.chunk_size)
-        return dq, dk, dv, (dh0 if h0 is not None else None), None
+        return dq, dk, dv, (dh0 if h0 is not None else None), None, None
 
 
 def chunk_linear_attn(
@@ -343,27 +344,32 @@ def chunk_linear_attn(
     initial_state: Optional[torch.Tensor] = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
+    out_dtype: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Causal linear attention (sum rule) with Triton chunked kernels.
 
     q, k: ``[T, B, H, d_dot]``; v: ``[T, B, H, d_value]`` (time-major, any strides,
-    float32/float16/bfloat16, one dtype). initial_state: ``[B, H, d_dot, d_value]``
+    float32/float16/bfloat16, one dtype; q may also be float32 with half k, v). initial_state: ``[B, H, d_dot, d_value]``
     (S = W^T, used as float32; differentiable). Returns ``(o, final_state)``: o
-    ``[T, B, H, d_value]`` in v's dtype, final_state ``[B, H, d_dot, d_value]`` float32
-    or None. No normalisation and no scaling are applied (see
-    :func:`fwp_kernels.fast_weight_scan` for the attention normalisation).
+    ``[T, B, H, d_value]`` in ``out_dtype`` (default v's dtype; the kernel accumulates o
+    in float32 and rounds it once, when storing), final_state ``[B, H, d_dot, d_value]``
+    float32 or None. No normalisation and no scaling are applied (see
+    :func:`fwp_kernels.fast_weight_scan` for the attention normalisation, which asks for
+    a float32 o: the un-normalised read grows with T and overflows float16). The
+    gradient of o may come in any supported dtype (float32 from that division).
     """
     T, B, H, K, V = check_qkv(q, k, v)
     check_chunk_size(chunk_size)
+    out_dtype = check_out_dtype(out_dtype, v)
     h0 = None
     if initial_state is not None:
         check_state("initial_state", initial_state, q, K, V)
         h0 = initial_state.float().contiguous()
     if T == 0:
-        o = v.new_zeros(0, B, H, V)
+        o = v.new_zeros(0, B, H, V, dtype=out_dtype)
         ht = h0 if h0 is not None else q.new_zeros(B, H, K, V, dtype=torch.float32)
         return o, (ht if output_final_state else None)
-    o, ht = ChunkLinearAttnFunction.apply(q, k, v, h0, chunk_size)
+    o, ht = ChunkLinearAttnFunction.apply(q, k, v, h0, chunk_size, out_dtype)
     return o, (ht if output_final_state else None)
 
 

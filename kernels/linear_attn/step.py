@@ -10,13 +10,13 @@ the whole state is read and written once. Inference only: no autograd (use
 :func:`fwp_kernels.linear_attn.chunk_linear_attn` for training, including T = 1).
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import check_qkv, check_state, device_guard, tile_sizes
+from ..triton_utils import check_out_dtype, check_qkv, check_state, device_guard, tile_sizes
 
 
 @triton.jit
@@ -62,19 +62,26 @@ def _one_token(name: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def linear_attn_step(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    state: torch.Tensor,
+    out_dtype: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """One decoding step of the sum rule. Returns ``(o, new_state)``: o shaped like v
-    (``[B, H, d_value]`` or ``[1, B, H, d_value]``) in v's dtype, new_state float32."""
+    (``[B, H, d_value]`` or ``[1, B, H, d_value]``) in ``out_dtype`` (default v's dtype;
+    float32 when the caller divides by the attention normaliser, since the un-normalised
+    read of a long-context state exceeds the float16 range), new_state float32."""
     squeeze = v.dim() == 3
     q4, k4, v4 = _one_token("q", q), _one_token("k", k), _one_token("v", v)
     _, B, H, K, V = check_qkv(q4, k4, v4)
     check_state("state", state, q4, K, V)
+    out_dtype = check_out_dtype(out_dtype, v)
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, state)):
         raise RuntimeError("linear_attn_step has no autograd; use chunk_linear_attn for training")
     s_in = state.float().contiguous()
     s_out = torch.empty_like(s_in)
-    o = torch.empty(B, H, V, device=v.device, dtype=v.dtype)
+    o = torch.empty(B, H, V, device=v.device, dtype=out_dtype)
     BK, BV = tile_sizes(K, V)
     with device_guard(q):
         linear_attn_step_kernel[(B * H, triton.cdiv(V, BV))](
