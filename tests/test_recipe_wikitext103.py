@@ -146,6 +146,7 @@ def test_run_names_distinguish_settings():
     (["small", "transformer", "--carry"], r"--carry needs a fast weight model"),
     (["small", "transformer", "--attn-norm", "on"], r"--attn-norm needs a fast weight model"),
     (["small", "delta", "--favor-features", "16"], r"--favor-features M .* performer"),
+    (["medium", "performer-delta", "--carry"], r"--carry does not work with performer"),
     (["small", "dpfp", "--dpfp-nu", "0"], r"--dpfp-nu N \(an integer >= 1\)"),
     (["small", "delta", "--pos", "maybe"], r"invalid choice: 'maybe'"),
 ])
@@ -239,6 +240,49 @@ def test_raw_errors(tmp_path):
         wt.prepare(["--raw", str(bad), "--workdir", str(tmp_path / "w")])
 
 
+def test_prepare_downloads_original_then_mirror(tmp_path, monkeypatch, capsys):
+    """Without --raw: the original address (403 here, as today), then a mirror serving a
+    zip with the wrong md5 (refused), then one serving the right one; the log says which
+    served it, and the extracted files are the archive's."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    good = wt.write_toy_raw(tmp_path / "srv" / "good", "zip", (2, 1, 1), seed=3)
+    wt.write_toy_raw(tmp_path / "srv" / "other", "zip", (2, 1, 1), seed=4)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.startswith("/s3/"):
+                self.send_error(403, "Forbidden")
+            else:
+                super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(tmp_path / "srv")))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        monkeypatch.setattr(wt, "URLS", (f"{base}/s3/{wt.ZIP_NAME}", f"{base}/other/{wt.ZIP_NAME}", f"{base}/good/{wt.ZIP_NAME}"))
+        monkeypatch.setattr(wt, "ZIP_MD5", hashlib.md5(good.read_bytes()).hexdigest())
+        binarized = []
+        monkeypatch.setattr(wt, "_binarize", lambda files, dest, *a: binarized.append(files))
+        monkeypatch.setattr(wt, "data_info", lambda data: {"vocab": 0})
+        assert wt.prepare(["--workdir", str(tmp_path / "w")]) == 0
+    finally:
+        srv.shutdown()
+    err = capsys.readouterr().err
+    tried = re.findall(r"downloading wikitext-103-v1\.zip from (\S+)", err)
+    assert tried == list(wt.URLS)  # original first, the wrong-md5 copy refused, then the good mirror
+    assert f"served by {base}/good/{wt.ZIP_NAME}" in err
+    with zipfile.ZipFile(good) as z:
+        assert binarized[0]["test"].read_bytes() == z.read("wikitext-103/wiki.test.tokens")
+    assert (tmp_path / "w" / "download" / wt.ZIP_NAME).read_bytes() == good.read_bytes()
+
+
 def test_prepare_loose_files_matches_zip(tmp_path, smoke, capsys):
     """The three loose files binarise to the same dictionary and data as the zip did in
     the smoke run; a rerun of the zip's prepare skips both steps."""
@@ -293,7 +337,7 @@ def test_smoke_end_to_end(smoke):
     delta_row = next(l for l in table.splitlines() if l.startswith("| tiny-delta |"))
     assert "| 0.0005 |" in delta_row  # state size 2 layers x 4 heads x d_dot 8 x d_head 8 = 512
     assert "SMOKE done" in smoke["stdout"]
-    # the training runs finished and left their done markers and tensorboard-free logs
+    # the training runs finished and left their done markers
     for run in runs:
         assert (smoke["out"] / "checkpoints" / run / ".steps" / "train").is_file()
         assert (smoke["out"] / "checkpoints" / run / "checkpoint_best.pt").is_file()

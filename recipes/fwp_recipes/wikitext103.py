@@ -81,7 +81,7 @@ class Config:
     warmup: int = 2000
     save_interval_updates: int = 2000
     log_interval: int = 100
-    eval_batch: int = 32  # sliding-window windows per evaluation batch
+    eval_batch: int = 64  # sliding-window windows per evaluation batch
     arch_flags: Tuple[str, ...] = ()  # size overrides (only the CPU-scale "tiny" config)
     paper_epochs: Optional[int] = None
     note: str = ""
@@ -206,6 +206,10 @@ class Setting:
                 if given:
                     raise RecipeError(f"{flag} needs a fast weight model (the transformer has no fast weights); "
                                       f"valid models: {', '.join(m for m in MODELS if m != 'transformer')}")
+        if self.carry and fm == "favor":
+            raise RecipeError("--carry does not work with performer / performer-delta: FAVOR+ redraws its random "
+                              "features at every training forward, so a carried fast weight would be read with other "
+                              "features than it was written with (the paper's Table 4 has linear and delta only)")
         if self.favor_m is not None and (fm != "favor" or self.favor_m < 1):
             raise RecipeError(f"--favor-features M (an integer >= 1) is for performer / performer-delta, "
                               f"not {self.model} (got {self.favor_m})")
