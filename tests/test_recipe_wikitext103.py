@@ -26,7 +26,7 @@ from fwp_recipes.common import RecipeError  # noqa: E402
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 
 
-def _cmd(argv, workers=0, precision="bf16", monkeypatch=None, max_per_gpu=None):
+def _cmd(argv, workers=0, precision="bf16", max_per_gpu=None):
     s = wt.parse_setting(argv)
     cmd, info = wt.train_command(s, Path("/d"), Path("/ck"), workers=workers, precision=precision,
                                  max_per_gpu=max_per_gpu)

@@ -18,16 +18,15 @@ The run settings (CONFIG, MODEL and the ablation switches) are one :class:`Setti
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import random
 import re
+import shlex
 import shutil
 import sys
 import time
 import zipfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -564,7 +563,7 @@ def train(argv: Sequence[str]) -> int:
          f"update-freq {info['update_freq']} = {s.cfg.batch} x {s.cfg.tokens_per_sample} = "
          f"{info['tokens_per_update']:,} tokens per update")
     if a.dry_run:
-        print(" ".join(_quote(c) for c in cmd))
+        print(shlex.join(cmd))
         return 0
     data_info(data)
     steps = common.Steps(save_dir)
@@ -583,12 +582,6 @@ def train(argv: Sequence[str]) -> int:
         steps.mark("train", key)
     _log(f"{s.name}: done; checkpoints in {save_dir}")
     return 0
-
-
-def _quote(c: str) -> str:
-    import shlex
-
-    return shlex.quote(str(c))
 
 
 # ----------------------------------------------------------------------- evaluate
