@@ -294,3 +294,17 @@ def test_evaluate_without_checkpoint(smoke, tmp_path):
     out, _ = smoke
     p = launch("evaluate", "transformer", "--data", out / "data", "--save-dir", tmp_path / "none")
     assert p.returncode == 2 and "no checkpoint" in p.stderr and "train.sh transformer" in p.stderr
+
+
+def test_train_again_continues_from_the_last_checkpoint(smoke):
+    """The same command with one more epoch resumes (checkpoint_last.pt), it does not start over."""
+    out, _ = smoke
+    ck = out / "checkpoints" / "linear"
+    p = launch("train", "linear", "--data", out / "data", "--save-dir", ck, *wmt14.SMOKE_ARCH, *wmt14.SMOKE_OPT,
+               "--max-epoch", "11", timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    log = p.stdout + p.stderr
+    # fairseq names the epoch it continues with: 10 epochs done -> "epoch 11 @ 350 updates"
+    assert re.search(r"Loaded checkpoint \S*checkpoint_last\.pt \(epoch 11 @ [1-9]\d* updates\)", log), log[-3000:]
+    assert "begin training epoch 11" in log and "begin training epoch 1\n" not in log
+    assert "resuming from" in p.stderr
