@@ -308,3 +308,38 @@ def test_train_again_continues_from_the_last_checkpoint(smoke):
     assert re.search(r"Loaded checkpoint \S*checkpoint_last\.pt \(epoch 11 @ [1-9]\d* updates\)", log), log[-3000:]
     assert "begin training epoch 11" in log and "begin training epoch 1\n" not in log
     assert "resuming from" in p.stderr
+
+
+def test_download_verifies_and_falls_back_to_the_next_address(tmp_path, monkeypatch):
+    """Without --raw: each archive is downloaded, verified (read through, expected members),
+    a broken copy from the first address is rejected and the next address serves it;
+    a second run trusts its markers and downloads nothing."""
+    import dataclasses
+    import functools
+    import http.server
+    import threading
+
+    good = tmp_path / "srv" / "good"
+    wmt14.write_fake_archives(good, train_pairs=30, valid=5, test=5)
+    bad = tmp_path / "srv" / "bad"
+    bad.mkdir()
+    for f in good.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncated
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "srv"))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        monkeypatch.setattr(wmt14, "ARCHIVES", tuple(
+            dataclasses.replace(a, urls=(f"{base}/bad/{a.file}", f"{base}/good/{a.file}"), md5=None)
+            for a in wmt14.ARCHIVES))
+        data = tmp_path / "data"
+        paths = wmt14.fetch_archives(data, None, common.Steps(data))
+        for a in wmt14.ARCHIVES:
+            assert paths[a.file].read_bytes() == (good / a.file).read_bytes()
+            assert not paths[a.file].with_name(a.file + ".part").exists()
+        (good / "dev.tgz").unlink()  # a rerun must not ask the server again
+        assert wmt14.fetch_archives(data, None, common.Steps(data)) == paths
+    finally:
+        server.shutdown()
