@@ -224,8 +224,14 @@ class FwpLanguageModelingTask(LanguageModelingTask):
 
     def _state_for(self, kind: str, sample) -> dict:
         state = self._carried[kind]
-        if sample.get("fwp_segment", None) == 0:
+        segment = sample.get("fwp_segment", None)
+        if segment == 0:
             state.clear()  # first segment of the streams (epoch / validation start)
+        elif not state and segment is not None:
+            logger.info(
+                f"--fwp-carry-state: {kind} starts at segment {segment} of its streams (resumed "
+                "mid-epoch): the carried fast weight state starts from zero"
+            )
         bsz = sample["net_input"]["src_tokens"].size(0)
         for buf in state.values():
             S = buf.get("S")
