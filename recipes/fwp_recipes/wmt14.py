@@ -672,6 +672,10 @@ def evaluate(argv: Sequence[str]) -> int:
     check_prepared(data)
     save = save_dir_of(a)
     ckpt = (a.checkpoint or save / "checkpoint_best.pt").resolve()
+    if not ckpt.is_file() and a.checkpoint is None and (save / "checkpoint_last.pt").is_file():
+        raise RecipeError(f"no {ckpt.name} in {save}, but a checkpoint_last.pt: training has not validated "
+                          f"yet (see {save / 'train.log'}); evaluate that one with --checkpoint "
+                          f"{save / 'checkpoint_last.pt'}, or train longer")
     if not ckpt.is_file():
         raise RecipeError(f"no checkpoint {ckpt}; train first: recipes/wmt14_en_de/train.sh {a.model}"
                           + (f" --save-dir {a.save_dir}" if a.save_dir else ""))
@@ -811,6 +815,7 @@ def smoke(argv: Sequence[str]) -> int:
     p.add_argument("--models", default="transformer,linear,delta", help="[transformer,linear,delta]")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--train-pairs", type=int, default=2000)
+    p.add_argument("--jobs", type=int, default=0, help="models trained at once [one per CPU core]")
     a = common.parse_args(p, argv)
     models = [x for x in a.models.split(",") if x]
     for x in models:
@@ -823,11 +828,23 @@ def smoke(argv: Sequence[str]) -> int:
              "--expect", f"{counts['valid']},{counts['test']}"])
     results = out / "results.md"
     os.environ.setdefault("FWP_NUM_GPUS", "0")  # CPU, whatever the machine has
-    for x in models:
-        save = out / "checkpoints" / x
-        train([x, "--data", str(data), "--save-dir", str(save), *SMOKE_ARCH, *SMOKE_OPT,
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread each is fastest
+    def train_one(x):
+        train([x, "--data", str(data), "--save-dir", str(out / "checkpoints" / x), *SMOKE_ARCH, *SMOKE_OPT,
                "--max-epoch", str(a.epochs)])
-        evaluate([x, "--data", str(data), "--save-dir", str(save), "--results", str(results)])
+
+    jobs = max(1, min(a.jobs or os.cpu_count() or 1, len(models)))
+    if jobs == 1:
+        for x in models:
+            train_one(x)
+    else:  # single-threaded CPU runs: one per core (their logs interleave on the terminal)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(jobs) as pool:
+            for f in [pool.submit(train_one, x) for x in models]:
+                f.result()
+    for x in models:
+        evaluate([x, "--data", str(data), "--save-dir", str(out / "checkpoints" / x), "--results", str(results)])
     print(results.read_text())
     for x in models:
         b = json.loads((out / "checkpoints" / x / "eval" / "bleu.json").read_text())
