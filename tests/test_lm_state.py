@@ -328,7 +328,7 @@ def _run(module, *args):
     return p.stdout
 
 
-def test_train_with_carried_state_then_eval_lm_both_modes(data, tmp_path):
+def test_train_with_carried_state_then_eval_lm_full(data, tmp_path):
     """The contract's command lines: fairseq-train --fwp-carry-state, fairseq-eval-lm
     --fwp-eval-mode full; its reported loss equals one pass over test."""
     save = tmp_path / "ck"

@@ -86,6 +86,15 @@ class ScaledBackward:
 
 
 def train(data, rule, wrong_stream=False):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the measured numbers above: one thread, same reduction order everywhere
+    try:
+        return _train(data, rule, wrong_stream)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(data, rule, wrong_stream):
     flags = ["--fwp-feature-map", "linear", "--fwp-update-rule", rule, "--fwp-sum-norm"]
     task, model, criterion = setup(data, ["--fwp-carry-state", "--batch-size", str(B),
                                           "--no-token-positional-embeddings"],
