@@ -126,9 +126,8 @@ def device_guard(x: torch.Tensor):
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Tuple[int, int, int, int, int]:
     """Validate q, k ``[T,B,H,d_dot]`` and v ``[T,B,H,d_value]``; return (T, B, H, K, V).
 
-    k and v share a dtype; q has it too, or is float32 (every tile is loaded as float32
-    anyway; dq is then float32, which the attention-normalised scans use, see
-    :func:`fwp_kernels.fast_weight_scan`). The dot precision follows k's dtype."""
+    k and v share a dtype; q has it too, or is float32 (see :func:`kernel_query`). The
+    dot precision follows k's dtype."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -192,6 +191,20 @@ def check_out_dtype(out_dtype: Optional[torch.dtype], v: torch.Tensor) -> torch.
     if out_dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"out_dtype must be float32, float16 or bfloat16 (or None: v's dtype), got {out_dtype}")
     return out_dtype
+
+
+def kernel_query(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The q the chunked kernels read: q itself, or for a float32 q next to half k, v
+    q rounded to k's dtype, while its gradient dq is still stored in float32.
+
+    The attention-normalised scans (:func:`fwp_kernels.fast_weight_scan`) pass phi(q)
+    upcast from the activation dtype, so this rounding is exact there; what they need is
+    the float32 dq (its two parts, through S^T q and through z . q, nearly cancel at long
+    context and must be added before rounding). Reading q in half keeps the kernels'
+    register budget: with float32 q tiles the delta rule's reverse pass spills ~340
+    bytes per thread on sm_90 (8 with half q; scripts/kernel_resources.py). The one-token
+    step kernels have no such pressure and read a float32 q as it is."""
+    return q if q.dtype == k.dtype else q.to(k.dtype)
 
 
 def check_chunk_size(chunk_size: int) -> None:

@@ -62,6 +62,7 @@ from ..triton_utils import (
     chunked_to_time_major,
     device_guard,
     dot_precision,
+    kernel_query,
     load_tile,
     load_vec,
     state_block,
@@ -425,9 +426,9 @@ def chunk_delta_rule_fwd(q, k, v, beta, erase, h0, chunk_size, out_dtype):
     return o, h[:, -1].reshape(B, H, K, V)
 
 
-def chunk_delta_rule_bwd(q, k, v, beta, erase, h0, do, dht, chunk_size):
-    """Gradients (dq, dk, dv, dbeta, derase or None, dh0) with everything recomputed from
-    the inputs and h0."""
+def chunk_delta_rule_bwd(q, k, v, beta, erase, h0, do, dht, chunk_size, dq_dtype):
+    """Gradients (dq in dq_dtype, dk, dv, dbeta, derase or None, dh0) with everything
+    recomputed from the inputs and h0."""
     T, B, H, K = q.shape
     V = v.shape[-1]
     C = chunk_size
@@ -453,7 +454,7 @@ def chunk_delta_rule_bwd(q, k, v, beta, erase, h0, do, dht, chunk_size):
         C=C, BK=BK, BV=BV, HAS_DHT=dht is not None, PREC=prec, num_warps=NUM_WARPS,
     )
     del x
-    dq = torch.empty(T, B, H, K, device=q.device, dtype=q.dtype)
+    dq = torch.empty(T, B, H, K, device=q.device, dtype=dq_dtype)
     dk = torch.empty(T, B, H, K, device=q.device, dtype=k.dtype)
     dc_part = torch.empty(NK, B * H, NT * C, **f32)
     delta_rule_dqk_kernel[(B * H, NT, NK)](
@@ -477,6 +478,7 @@ class ChunkDeltaRuleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, beta, erase, h0, chunk_size, out_dtype):
         ctx.set_materialize_grads(False)
+        ctx.q_dtype, q = q.dtype, kernel_query(q, k)
         with device_guard(q):
             o, ht = chunk_delta_rule_fwd(q, k, v, beta, erase, h0, chunk_size, out_dtype)
         ctx.save_for_backward(q, k, v, beta, erase, h0)
@@ -492,7 +494,7 @@ class ChunkDeltaRuleFunction(torch.autograd.Function):
             dht = dht.float().contiguous()  # read as a contiguous [B*H, K, V] block
         with device_guard(q):
             dq, dk, dv, dbeta, derase, dh0 = chunk_delta_rule_bwd(
-                q, k, v, beta, erase, h0, do, dht, ctx.chunk_size
+                q, k, v, beta, erase, h0, do, dht, ctx.chunk_size, ctx.q_dtype
             )
         return dq, dk, dv, dbeta, derase, (dh0 if h0 is not None else None), None, None
 
@@ -511,7 +513,8 @@ def chunk_delta_rule(
     """Causal delta rule with Triton chunked kernels (differentiable in every input).
 
     q, k: ``[T, B, H, d_dot]``; v: ``[T, B, H, d_value]`` (time-major, any strides,
-    float32/float16/bfloat16, one dtype; q may also be float32 with half k, v). beta: write strengths ``[T, B, H]``; erase:
+    float32/float16/bfloat16, one dtype; q may also be float32 with half k, v: see
+    :func:`fwp_kernels.triton_utils.kernel_query`). beta: write strengths ``[T, B, H]``; erase:
     optional erase strengths ``[T, B, H]`` (default: beta). initial_state:
     ``[B, H, d_dot, d_value]`` (S = W^T, used as float32). Returns ``(o, final_state)``:
     o ``[T, B, H, d_value]`` in ``out_dtype`` (default v's dtype; accumulated in float32,

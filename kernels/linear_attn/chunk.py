@@ -41,6 +41,7 @@ from ..triton_utils import (
     check_state,
     device_guard,
     dot_precision,
+    kernel_query,
     load_tile,
     store_tile,
     strides4,
@@ -288,8 +289,8 @@ def chunk_state_grads_bwd(q, do, dht, K, V, chunk_size, prec):
     return dh
 
 
-def chunk_linear_attn_bwd(q, k, v, h0, do, dht, chunk_size):
-    """Gradients (dq, dk, dv, dh0) of the sum rule; chunk states recomputed from h0."""
+def chunk_linear_attn_bwd(q, k, v, h0, do, dht, chunk_size, dq_dtype):
+    """Gradients (dq in dq_dtype, dk, dv, dh0) of the sum rule; chunk states recomputed from h0."""
     T, B, H, K = q.shape
     V = v.shape[-1]
     C = chunk_size
@@ -298,7 +299,7 @@ def chunk_linear_attn_bwd(q, k, v, h0, do, dht, chunk_size):
     prec = dot_precision(k.dtype)
     h = chunk_states_fwd(k, v, h0, chunk_size)
     dh = chunk_state_grads_bwd(q, do, dht, K, V, chunk_size, prec)
-    dq = torch.empty(T, B, H, K, device=q.device, dtype=q.dtype)
+    dq = torch.empty(T, B, H, K, device=q.device, dtype=dq_dtype)
     dk = torch.empty(T, B, H, K, device=q.device, dtype=k.dtype)
     dv = torch.empty(T, B, H, V, device=q.device, dtype=v.dtype)
     linear_attn_dqk_kernel[(B * H, NT, triton.cdiv(K, BK))](
@@ -319,6 +320,7 @@ class ChunkLinearAttnFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, h0, chunk_size, out_dtype):
         ctx.set_materialize_grads(False)
+        ctx.q_dtype, q = q.dtype, kernel_query(q, k)
         with device_guard(q):
             o, ht = chunk_linear_attn_fwd(q, k, v, h0, chunk_size, out_dtype)
         ctx.save_for_backward(q, k, v, h0)
@@ -333,7 +335,7 @@ class ChunkLinearAttnFunction(torch.autograd.Function):
         if dht is not None:
             dht = dht.float().contiguous()  # read as a contiguous [B*H, K, V] block
         with device_guard(q):
-            dq, dk, dv, dh0 = chunk_linear_attn_bwd(q, k, v, h0, do, dht, ctx.chunk_size)
+            dq, dk, dv, dh0 = chunk_linear_attn_bwd(q, k, v, h0, do, dht, ctx.chunk_size, ctx.q_dtype)
         return dq, dk, dv, (dh0 if h0 is not None else None), None, None
 
 
@@ -349,7 +351,8 @@ def chunk_linear_attn(
     """Causal linear attention (sum rule) with Triton chunked kernels.
 
     q, k: ``[T, B, H, d_dot]``; v: ``[T, B, H, d_value]`` (time-major, any strides,
-    float32/float16/bfloat16, one dtype; q may also be float32 with half k, v). initial_state: ``[B, H, d_dot, d_value]``
+    float32/float16/bfloat16, one dtype; q may also be float32 with half k, v: see
+    :func:`fwp_kernels.triton_utils.kernel_query`). initial_state: ``[B, H, d_dot, d_value]``
     (S = W^T, used as float32; differentiable). Returns ``(o, final_state)``: o
     ``[T, B, H, d_value]`` in ``out_dtype`` (default v's dtype; the kernel accumulates o
     in float32 and rounds it once, when storing), final_state ``[B, H, d_dot, d_value]``
