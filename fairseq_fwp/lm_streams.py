@@ -21,15 +21,12 @@ target ``S[start + 1 : start + length + 1]``.
 
 from __future__ import annotations
 
-import logging
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from fairseq.data import FairseqDataset
-
-logger = logging.getLogger(__name__)
 
 
 def flatten_indexed_dataset(dataset, eos: int) -> torch.Tensor:
