@@ -204,6 +204,27 @@ def test_state_size_from_checkpoint(tmp_path):
     assert save("softmax")["state"] is None
 
 
+def test_result_rows_follow_the_paper_tables():
+    ppl = {(m, sp): v for m, sp, v in (("sliding", "valid", 30.0), ("sliding", "test", 31.0),
+                                         ("full", "valid", 28.5), ("full", "test", 29.5))}
+    stats = {"params": 89.9e6, "state": 16 * 8 * 32 * 32, "d_dot": 32, "heads": 8, "num_updates": 340000}
+    rows = dict(wt.result_rows(wt.parse_setting(["medium", "delta", "--carry"]), stats, ppl))
+    assert list(rows) == [4]
+    assert rows[4] == ["medium-delta-carry", "Delta Network", "89.9", "0.13", 340000, "28.50", "29.50",
+                       "89.9", "0.13", "27.8", "29.4"]
+    for table, header in ((t, wt.SECTIONS[t][1]) for t in rows):
+        assert len(rows[table]) == len(header)
+    rows = dict(wt.result_rows(wt.parse_setting(["medium", "delta"]), stats, ppl))
+    assert sorted(rows) == [2, 3]
+    assert rows[2][-2:] == ["29.7", "31.5"] and rows[3][1:3] == ["yes", "no"] and rows[3][-2:] == ["29.7", "31.5"]
+    small = {**stats, "d_dot": 32}
+    rows = dict(wt.result_rows(wt.parse_setting(["small", "performer", "--favor-features", "16"]), small, ppl))
+    assert list(rows) == [5] and rows[5][3] == 256 and rows[5][-2:] == ["38.0", "38.8"]  # d_dot over 8 heads
+    rows = dict(wt.result_rows(wt.parse_setting(["small", "transformer"]), {**stats, "state": None, "d_dot": None},
+                               {k: v for k, v in ppl.items() if k[0] == "sliding"}))
+    assert sorted(rows) == [2, 5] and rows[2][8:10] == ["—", "—"]  # no full mode without fast weights
+
+
 def test_section_table(tmp_path):
     path = tmp_path / "r.md"
     wt.section_table(path, "T2", ["run", "x"], ["a", 1], "# pre")

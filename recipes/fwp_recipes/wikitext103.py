@@ -737,17 +737,17 @@ def result_rows(s: Setting, stats: dict, ppl: Dict[Tuple[str, str], Optional[flo
         if table == 2:
             rows.append((2, [s.name, s.config, s.spec.label, rule, _m(stats["params"], 1), upd,
                              get("sliding", "valid"), get("sliding", "test"), get("full", "valid"),
-                             get("full", "test"), *map(_p, paper)]))
+                             get("full", "test"), *map(str, paper)]))
         elif table == 3:
             rows.append((3, [s.name, "yes" if s.pos else "no", "yes" if s.effective_attn_norm else "no", upd,
-                             get("sliding", "valid"), get("sliding", "test"), *map(_p, paper)]))
+                             get("sliding", "valid"), get("sliding", "test"), *map(str, paper)]))
         elif table == 4:
             rows.append((4, [s.name, s.spec.label, _m(stats["params"], 1), _m(stats["state"]), upd,
                              get("full", "valid"), get("full", "test"), *paper]))
         elif table == 5:
             d_dot = "—" if stats["d_dot"] is None else stats["d_dot"] * stats["heads"]
             rows.append((5, [s.name, s.spec.label, rule, d_dot, upd, get("sliding", "valid"),
-                             get("sliding", "test"), get("full", "valid"), get("full", "test"), *map(_p, paper)]))
+                             get("sliding", "test"), get("full", "valid"), get("full", "test"), *map(str, paper)]))
     if not rows:
         rows.append((0, [s.name, s.config, s.spec.label, "yes" if s.pos else "no", norm, "yes" if s.carry else "no",
                          _m(stats["params"], 3), _m(stats["state"], 4), upd, get("sliding", "valid"),
