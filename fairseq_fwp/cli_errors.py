@@ -12,7 +12,8 @@ for such an error, prints only::
 
 and the process exits with status 1, as with any uncaught exception. Such an error is a
 ValueError raised by code in this package while fairseq builds a model or sets up a task
-(a ``build_model`` / ``setup_task`` frame on the stack), also when it comes from a worker
+(a ``build_model`` / ``setup_task`` frame on the stack; or ``prepare_for_inference_``, where
+``fairseq-generate`` hands a loaded model its decoding flags, e.g. ``--print-alignment``), also when it comes from a worker
 process of ``torch.multiprocessing.spawn`` (fairseq's multi-GPU ``call_main``), which
 re-raises it in the parent as text. Every other exception keeps its full traceback (the
 previous hook is called), and ``FWP_TRACEBACK=1`` restores it for ours too.
@@ -25,7 +26,7 @@ import traceback
 from typing import Optional
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-BUILD_FUNCTIONS = ("build_model", "setup_task")
+BUILD_FUNCTIONS = ("build_model", "setup_task", "prepare_for_inference_")  # the last: generate/interactive flags (--print-alignment)
 HINT = "fairseq-fwp: invalid configuration (FWP_TRACEBACK=1 shows the traceback)"
 
 _FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line \d+, in (?P<func>\S+)$')

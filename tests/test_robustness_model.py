@@ -330,4 +330,5 @@ def test_cli_print_alignment_with_delta_rule_fails_before_decoding(cli):
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=ENV_TIMEOUT)
     assert p.returncode != 0
     assert "--fwp-update-rule delta" in p.stderr and "--fwp-replace" in p.stderr, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr  # a configuration error: one line (fairseq_fwp/cli_errors.py)
     assert "H-" not in p.stdout
