@@ -241,6 +241,7 @@ def download(urls: Sequence[str], dest, *, size: Optional[int] = None, sha256: O
             verify_file(part, size=size, sha256=sha256, md5=md5, check=check)
         except (urllib.error.URLError, OSError, RecipeError, ValueError) as e:
             failures.append(f"{url}: {e}")
+            print(f"[recipe] {url} failed: {e}", file=sys.stderr, flush=True)
             if isinstance(e, RecipeError):
                 part.unlink(missing_ok=True)  # complete but wrong: do not resume from it
             continue
