@@ -175,3 +175,13 @@ def test_hook_prints_one_line_and_chains_for_the_rest(capsys, monkeypatch):
     cli_errors._hook(KeyError, k, None, _previous=lambda *a: seen.append(a[1]))
     assert seen == [e, k]
     assert not cli_errors.running_fairseq_cli()  # pytest: the hook is only installed in fairseq commands
+
+
+def test_retrieval_model_refuses_repeating_dpfp_nu():
+    from fairseq_fwp.config import FwpAttentionConfig
+    from fairseq_fwp.models.fwp_retrieval import FwpRetrievalModel
+
+    cfg = FwpAttentionConfig(fwp_feature_map="dpfp", fwp_dpfp_nu=4)
+    with pytest.raises(ValueError, match=r"--fwp-dpfp-nu 4 is too large for head size d_key 4"):
+        FwpRetrievalModel(cfg, num_keys=20, d_key=4)
+    assert FwpRetrievalModel(cfg, num_keys=20, d_key=8).memory_layer.d_dot == 2 * 4 * 8

@@ -33,7 +33,7 @@ from torch import Tensor
 from fairseq.models import BaseFairseqModel, register_model
 from fwp_kernels import FastWeightState
 
-from ..config import FwpAttentionConfig
+from ..config import FwpAttentionConfig, check_dpfp_nu, warn_delta_without_sum_norm
 from ..modules.fast_weight_memory import FastWeightMemory
 
 
@@ -77,6 +77,10 @@ class FwpRetrievalModel(BaseFairseqModel):
         self.W_q = nn.Linear(e, d_key)
         self.W_b = nn.Linear(e + num_keys, 1) if self.update_rule == "delta" else None
         self.memory_layer = None  # the fast weight memory (phi, write, read), shared with the Transformers
+        if self.kind == "dpfp":
+            check_dpfp_nu(fwp.fwp_dpfp_nu, d_key)
+        if self.kind != "softmax" and not self.fwm:
+            warn_delta_without_sum_norm(self.update_rule, self.sum_norm)
         if self.kind != "softmax":
             self.memory_layer = FastWeightMemory(
                 d_key, feature_map=self.kind, update_rule=self.update_rule, sum_norm=self.sum_norm,
