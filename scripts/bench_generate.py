@@ -142,10 +142,11 @@ def main():
             n, toks, secs, sps, tps = (float(x.replace(",", "")) for x in m.groups())
             if toks != n * (L + 1):  # L tokens + </s> each
                 sys.exit(f"{d} L={L}: {toks:.0f} tokens for {n:.0f} sentences, expected {n * (L + 1):.0f}")
+            sps = tps / (L + 1)  # fairseq prints sentences/s with 2 decimals (0.00 for slow runs)
             rows.append(dict(decoder=d, L=L, sentences_per_s=sps, ms_per_token=1000.0 / tps,
                              mem_mb=mem["bytes"] / 2**20, kind=mem["kind"], seconds=secs, wall=time.time() - t0))
             r = rows[-1]
-            print(f"{d:12s} L={L:5d}  {sps:8.3f} sent/s  {r['ms_per_token']:7.3f} ms/token  "
+            print(f"{d:12s} L={L:5d}  {sps:8.4g} sent/s  {r['ms_per_token']:7.3f} ms/token  "
                   f"{r['mem_mb']:8.1f} MiB ({r['kind']})", flush=True)
 
     base = {d: next(r["mem_mb"] for r in rows if r["decoder"] == d) for d in decoders}
@@ -156,7 +157,7 @@ def main():
     lines = [title, "", "| decoder | target length | sentences/s | ms per token | peak memory (MiB) | growth over L="
              f"{lengths[0]} (MiB) |", "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['decoder']} | {r['L']} | {r['sentences_per_s']:.3f} | {r['ms_per_token']:.3f} | "
+        lines.append(f"| {r['decoder']} | {r['L']} | {r['sentences_per_s']:.4g} | {r['ms_per_token']:.3f} | "
                      f"{r['mem_mb']:.1f} | {r['mem_mb'] - base[r['decoder']]:+.1f} |")
     table = "\n".join(lines)
     (out / f"table-{a.device}.md").write_text(table + "\n")
