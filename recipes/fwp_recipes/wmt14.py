@@ -715,7 +715,7 @@ def evaluate(argv: Sequence[str]) -> int:
         return "-" if x is None else f"{x:.1f}"
 
     sig = next(iter(scores.values()))["signature"].replace("|", "\\|") if scores else "-"  # Markdown cell
-    row = [m.name, m.column, m.d_dot, m.rule, paper(m.paper_valid), ours("valid"), paper(m.paper_test), ours("test"),
+    row = [m.name, m.column, m.d_dot, "-" if m.rule == "softmax" else m.rule, paper(m.paper_valid), ours("valid"), paper(m.paper_test), ours("test"),
            os.path.relpath(ckpt, common.REPO) if str(ckpt).startswith(str(common.REPO)) else str(ckpt), sig]
     common.results_table(a.results, RESULTS_HEADER, (m.name,), row, preamble=RESULTS_PREAMBLE)
     print(f"[wmt14] row for {m.name} written to {a.results}", file=sys.stderr)
