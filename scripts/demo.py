@@ -285,6 +285,7 @@ def stage_mt(out: str, data: str, names: List[str], epochs: int) -> Dict[str, di
         cmd = fairseq("generate") + [
             data, "--user-dir", USER_DIR, "--path", os.path.join(run, "checkpoints", "checkpoint_best.pt"),
             "--gen-subset", "test", "--beam", "4", "--batch-size", "100", "--cpu", "--results-path", run,
+            "--required-batch-size-multiple", "1",  # fairseq 0.12 drops a last batch of < 8 (fairseq#5036)
         ]
         with open(os.path.join(run, "generate_command.sh"), "w") as f:
             f.write(shlex.join(cmd) + "\n")
