@@ -14,21 +14,13 @@ Error measure: ||a - b|| / ||b|| against float64 results from the same (dtype-ro
 inputs; the tolerance is twice the dtype's unit roundoff (the output is rounded once).
 """
 
-import os
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA and os.environ.get("TRITON_INTERPRET") != "1":
-    # Triton picks interpreter vs compiler when it is imported (see test_triton_kernels.py)
-    os.environ["TRITON_INTERPRET"] = "1"
-    for name in [m for m in sys.modules if m == "triton" or m.startswith("triton.")
-                 or m.startswith("fwp_kernels.linear_attn") or m.startswith("fwp_kernels.delta_rule")
-                 or m == "fwp_kernels.triton_utils"]:
-        del sys.modules[name]
+from triton_mode import HAS_CUDA, interpret_without_cuda  # noqa: E402
+
+interpret_without_cuda()
 
 from fwp_kernels import FastWeightState, fast_weight_scan  # noqa: E402
 

@@ -18,15 +18,9 @@ import sys
 import pytest
 import torch
 
-HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA and os.environ.get("TRITON_INTERPRET") != "1":
-    os.environ["TRITON_INTERPRET"] = "1"
-    # Triton decides interpreter vs compiler when its own functions are decorated, i.e.
-    # at import: if something imported it before this module, import it afresh.
-    for name in [m for m in sys.modules if m == "triton" or m.startswith("triton.")
-                 or m.startswith("fwp_kernels.linear_attn") or m.startswith("fwp_kernels.delta_rule")
-                 or m == "fwp_kernels.triton_utils"]:
-        del sys.modules[name]
+from triton_mode import HAS_CUDA, interpret_without_cuda  # noqa: E402
+
+interpret_without_cuda()
 
 triton = pytest.importorskip("triton")
 
