@@ -13,15 +13,15 @@ multiplies by world size / (sample size summed over ranks), i.e. both runs step 
 only difference is the order of float32 sums (rtol 1e-4 on the parameters, as in
 test_distributed_delta.py; fairseq logs losses to 3 decimals).
 
-What breaks it (checked by mutation, see the report of this test's author): if both ranks
-took the same streams (e.g. rank 0's), streams 2..3 would never be trained on and the
-losses and parameters differ from update 1 on; if the ranks reset their state every
-segment (or carried another rank's / a wrong-sized state), every update after the first
-of an epoch differs. The run crosses an epoch boundary (state reset there in both runs)
-and validates twice with ``--batch-size-valid``, sharded and carried the same way.
-Whether carrying itself is right in one process is test_lm_state.py's job (carried state
-== one long forward); the control at the end shows that carrying changes this run's
-numbers by far more than the tolerance, so the equivalence is not vacuous.
+What fails it (each mutation of the task run once, by hand): both ranks taking rank 0's
+streams (update 1 loss 5.215 vs 5.185: streams 2..3 are never seen); the ranks resetting
+their state every segment (update 2: 4.825 vs 4.877); the state reset every segment in
+both runs alike (the equivalence holds, but the control at the end, a run with the state
+cleared before every segment, then equals the carried run: loss gap 0 instead of ~0.07).
+The run crosses an epoch boundary (the state resets there in both runs) and validates
+twice with ``--batch-size-valid`` B resp. 2B, sharded and carried like training (valid
+over 2 streams instead of 4 moves the valid loss by ~0.03). That carrying is right in one
+process (carried state == one long forward) is test_lm_state.py's job.
 """
 
 from __future__ import annotations
@@ -124,8 +124,6 @@ def test_two_ranks_carrying_their_own_streams_equal_one_process_with_all_streams
     one = _one_process(data, tmp_path / "one")
     outs = _two_ranks(data, tmp_path / "two")
     assert "as rank 1" in outs[1], outs[1][-3000:]
-    # both runs cut train into 2B = 4 streams (log line of the batch iterator is not
-    # printed; the epoch length in batches tells): same number of segments per epoch
     t1, v1 = _logged(one)
     t2, v2 = _logged(outs[0])
     epochs = {e for e, _ in t1.values()}
