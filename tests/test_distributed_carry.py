@@ -35,7 +35,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_distributed_delta import ENV, ROOT, USER_DIR, _free_port  # noqa: E402
+from test_distributed_delta import ENV, ROOT, USER_DIR, train_two_gloo_ranks  # noqa: E402
 from test_lm_state import write_lm_data  # noqa: E402
 
 B, L, UPDATES = 2, 16, 14
@@ -86,22 +86,7 @@ def _one_process(data, save, reset_every_segment=False):
 
 
 def _two_ranks(data, save):
-    port, procs = _free_port(), []
-    for rank in range(2):
-        cmd = _cmd(data, save, B, "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp",
-                   "--distributed-world-size", "2", "--distributed-rank", str(rank),
-                   "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--distributed-no-spawn")
-        procs.append(subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    try:
-        outs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-4000:]
-    return outs
+    return train_two_gloo_ranks(lambda flags: _cmd(data, save, B, *flags))
 
 
 def _logged(log):

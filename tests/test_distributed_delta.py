@@ -51,6 +51,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+GLOO_FLAGS = ("--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp", "--distributed-world-size", "2",
+              "--distributed-no-spawn")
+
+
+def train_two_gloo_ranks(cmd_for_rank) -> list:
+    """Run ``cmd_for_rank(extra_flags)`` as 2 fairseq training ranks on CPU (gloo, one process per
+    rank: what works on CPU, see reference.md section 3); returns their outputs, rank 0 first."""
+    port, procs = _free_port(), []
+    for rank in range(2):
+        flags = [*GLOO_FLAGS, "--distributed-rank", str(rank), "--distributed-init-method", f"tcp://127.0.0.1:{port}"]
+        procs.append(subprocess.Popen(cmd_for_rank(flags), env=ENV, cwd=ROOT, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+    return outs
+
+
 def _train_cmd(data, save, *extra):
     return [sys.executable, "-m", "fairseq_cli.train", str(data), *TRAIN, "--save-dir", str(save), *extra]
 
@@ -76,25 +99,7 @@ def test_two_gloo_ranks_equal_one_process_with_twice_the_accumulation(data, tmp_
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert one.returncode == 0, one.stdout[-4000:]
 
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        cmd = _train_cmd(data, tmp_path / "two", "--update-freq", "1",
-                         "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp",
-                         "--distributed-world-size", "2", "--distributed-rank", str(rank),
-                         "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--distributed-no-spawn")
-        procs.append(subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True))
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=300)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-4000:]
+    outs = train_two_gloo_ranks(lambda flags: _train_cmd(data, tmp_path / "two", "--update-freq", "1", *flags))
     assert "initialized host" in outs[1] and "as rank 1" in outs[1], outs[1][-3000:]
 
     # the same loss at every update (fairseq logs 3 decimals; aggregated over ranks)
