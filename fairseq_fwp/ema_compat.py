@@ -47,6 +47,7 @@ def patch_fairseq_ema() -> None:
     _step_internal.__doc__ = (average_step.__doc__ or "") + (
         " (fairseq-fwp: feature-map buffers, e.g. FAVOR+'s features, are copied from the live model.)"
     )
+
     def restore_keeping_versions(self, state_dict, build_fp32_params=False):
         missing = {k: v for k, v in self.model.state_dict().items() if "version" in k and k not in state_dict}
         if missing:
