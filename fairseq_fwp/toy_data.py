@@ -173,13 +173,18 @@ def write_lm_corpus(
     out_dir: str, sizes: Sequence[int] = (6000, 300, 300), seed: int = 1
 ) -> Dict[str, str]:
     """Write ``{train,valid,test}.txt`` (one sentence per line); returns ``{split: path}``."""
+    return _write_text_splits(out_dir, sizes, seed, lm_sentences)
+
+
+def _write_text_splits(out_dir: str, sizes: Sequence[int], seed: int, lines_of) -> Dict[str, str]:
+    """Write ``{split}.txt`` with ``lines_of(size, seed=...)`` for each split (seed per split)."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {}
     for k, (split, n) in enumerate(zip(SPLITS, sizes)):
         path = os.path.join(out_dir, f"{split}.txt")
         with open(path, "w") as f:
-            for s in lm_sentences(n, seed=seed * 1000 + k):
-                f.write(s + "\n")
+            for line in lines_of(n, seed=seed * 1000 + k):
+                f.write(line + "\n")
         paths[split] = path
     return paths
 
@@ -227,15 +232,7 @@ def write_episode_corpus(
     **kwargs,
 ) -> Dict[str, str]:
     """Write ``{train,valid,test}.txt`` of :func:`episode_lines` (sizes in tokens)."""
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {}
-    for k, (split, n) in enumerate(zip(SPLITS, sizes)):
-        path = os.path.join(out_dir, f"{split}.txt")
-        with open(path, "w") as f:
-            for line in episode_lines(n, seed=seed * 1000 + k, **kwargs):
-                f.write(line + "\n")
-        paths[split] = path
-    return paths
+    return _write_text_splits(out_dir, sizes, seed, lambda n, seed: episode_lines(n, seed=seed, **kwargs))
 
 
 # --------------------------------------------------------------------------- CLI

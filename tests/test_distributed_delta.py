@@ -74,6 +74,17 @@ def train_two_gloo_ranks(cmd_for_rank) -> list:
     return outs
 
 
+def assert_same_parameters(a: dict, b: dict) -> float:
+    """Every floating-point tensor of state dicts ``a`` and ``b`` equal to rtol 1e-4 / atol 1e-5
+    (float32 sums in a different order, amplified a little by Adam); returns the largest difference."""
+    worst = 0.0
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+            worst = max(worst, float((a[k].double() - b[k].double()).abs().max()))
+    return worst
+
+
 def _train_cmd(data, save, *extra):
     return [sys.executable, "-m", "fairseq_cli.train", str(data), *TRAIN, "--save-dir", str(save), *extra]
 
@@ -114,10 +125,4 @@ def test_two_gloo_ranks_equal_one_process_with_twice_the_accumulation(data, tmp_
     assert a.keys() == b.keys()
     history = torch.load(tmp_path / "two" / "checkpoint_last.pt", map_location="cpu")["optimizer_history"]
     assert history[-1]["num_updates"] == UPDATES
-    worst = 0.0
-    for k in a:
-        if a[k].is_floating_point():
-            # float32 sums in a different order, amplified a little by Adam
-            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
-            worst = max(worst, float((a[k].double() - b[k].double()).abs().max()))
-    print(f"largest parameter difference: {worst:.2e}")
+    print(f"largest parameter difference: {assert_same_parameters(a, b):.2e}")
