@@ -56,10 +56,25 @@ def block_size(d: int, cap: int) -> int:
 
 
 #: Warps per program of the chunk kernels. With 32-wide tiles and C = 64 every kernel
-#: fits H100 shared memory (largest: delta_rule_dqk_kernel, 144 KiB in fp32) and the
+#: fits H100 shared memory (largest: delta_rule_dqk_kernel, 100 KiB in fp32) and the
 #: fp16/bf16 kernels compile without register spills (ptxas, sm_90; measured without a
 #: GPU by compiling to cubin). Untuned: GPU autotuning is still owed.
 NUM_WARPS = 8
+
+#: Software-pipelining depth of the chunk kernels' loops; None = Triton's default for the
+#: target (3 on sm_80/sm_90). The delta rule's register-state pass has its own depth
+#: (:data:`REG_STATE_STAGES`).
+NUM_STAGES: Optional[int] = None
+
+
+def launch_options() -> dict:
+    """``num_warps`` / ``num_stages`` of every chunk-kernel launch, read at launch time from
+    :data:`NUM_WARPS` and :data:`NUM_STAGES` (so tests and ``scripts/tune_kernels.py`` can
+    run the kernels under every configuration; the interpreter ignores both)."""
+    opts = {"num_warps": NUM_WARPS}
+    if NUM_STAGES is not None:
+        opts["num_stages"] = NUM_STAGES
+    return opts
 
 
 def tile_sizes(d_dot: int, d_value: int) -> Tuple[int, int]:
@@ -90,9 +105,12 @@ def state_block(d_dot: int) -> int:
 
 
 def state_pass_options(d_dot: int) -> dict:
-    """Launch options of the delta-rule state forward pass: ``num_stages`` on the register
-    path (Triton's default on the global-memory path; the interpreter ignores it)."""
-    return {"num_stages": REG_STATE_STAGES} if state_block(d_dot) else {}
+    """Launch options of the delta-rule state forward pass: :func:`launch_options`, with
+    ``num_stages`` = :data:`REG_STATE_STAGES` on the register path."""
+    opts = launch_options()
+    if state_block(d_dot):
+        opts["num_stages"] = REG_STATE_STAGES
+    return opts
 
 
 def strides4(x: torch.Tensor) -> Tuple[int, int, int, int]:

@@ -80,7 +80,8 @@ def main(argv=None) -> int:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from fwp_kernels.triton_utils import NUM_WARPS, REG_STATE_MAX_D_DOT, dot_precision, state_pass_options
+    from fwp_kernels.triton_utils import (NUM_WARPS, REG_STATE_MAX_D_DOT, dot_precision, launch_options,
+                                          state_pass_options)
 
     import torch
 
@@ -103,9 +104,7 @@ def main(argv=None) -> int:
             consts.update(BK=32, BV=32)
             sig = {n: "constexpr" if n in consts else "*" + dt if n in in_ptrs.split()
                    else "*fp32" if n in f32_ptrs.split() else "i32" for n in names}
-            opts = {"num_warps": NUM_WARPS}
-            if reg_pass:
-                opts.update(state_pass_options(REG_STATE_MAX_D_DOT))
+            opts = state_pass_options(REG_STATE_MAX_D_DOT) if reg_pass else launch_options()
             k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target, options=opts)
             regs, stack = resource_usage(k.asm["cubin"], cuobjdump)
             path = "-" if "BKH" not in extra else ("registers" if extra["BKH"] else "global memory")

@@ -507,3 +507,57 @@ def test_model_sizes_on_gpu(shape, rule, dtype):
             errs[name] = rel(a, b)
     bad = {n: e for n, e in errs.items() if not e < tol}
     assert not bad, f"relative errors above {tol}: {bad} (all: {errs})"
+
+
+# ------------------------------------------------------------ launch configurations
+# The Hopper miscompiles flash-linear-attention met were specific to a launch
+# configuration (num_warps=4 at chunk size 64 in a backward kernel, fla #984) or to
+# ptxas 12.8 on one backward kernel (fla PR #1262). So on a GPU every chunk size, warps
+# 4/8 and pipelining depths 1-3 run (today's defaults and every alternative a tuning run
+# could pick), both state paths of the delta rule, in bf16 and fp32, values and every
+# gradient against float64. (fla's third class, a constant scale of 1.0 folded by ptxas,
+# has no counterpart: our kernels take no scale; phi(q) arrives already scaled.) The
+# interpreter ignores warps and stages, so on CPU one configuration runs, to keep the
+# option plumbing (triton_utils.launch_options, read at every launch) exercised.
+LAUNCH_CONFIGS = [(64, w, s) for w in (4, 8) for s in (1, 2, 3)] + [(C, w, None) for C in (16, 32) for w in (4, 8)]
+LAUNCH_CASES = [
+    pytest.param(cfg, rule, dtype, id="C{}-w{}-s{}-{}-{}".format(*cfg, rule, str(dtype)[6:]))
+    for cfg in (LAUNCH_CONFIGS if HAS_CUDA else LAUNCH_CONFIGS[:1])
+    for rule in ("sum", "delta-registers", "delta-global+erase")
+    for dtype in ((torch.bfloat16, torch.float32) if HAS_CUDA and cfg[0] == 64 else
+                  (torch.bfloat16,) if HAS_CUDA else (torch.float32,))
+]
+
+
+@pytest.mark.parametrize("cfg,rule,dtype", LAUNCH_CASES)
+def test_every_launch_configuration(cfg, rule, dtype, monkeypatch):
+    from fwp_kernels.chunk_torch import chunk_delta_rule_torch, chunk_linear_attn_torch
+    import fwp_kernels.triton_utils as tu
+
+    C, warps, stages = cfg
+    monkeypatch.setattr(tu, "NUM_WARPS", warps)
+    monkeypatch.setattr(tu, "NUM_STAGES", stages)
+    monkeypatch.setattr(tu, "REG_STATE_STAGES", stages or tu.REG_STATE_STAGES)
+    monkeypatch.setattr(tu, "REG_STATE_MAX_D_DOT", 64 if rule == "delta-registers" else 0)
+    assert tu.launch_options() == dict(num_warps=warps, **({} if stages is None else {"num_stages": stages}))
+    # T = 5 chunks of 64 and a 13-token tail; d_dot 64 (the register path's size), init state
+    T, B, H, K, V = (333, 2, 2, 64, 64) if HAS_CUDA else (70, 1, 1, 16, 16)
+    erase = rule.endswith("erase")
+    q, k, v, beta, c, S0 = make_inputs(T, B, H, K, V, dtype, seed=C + warps + (stages or 0), init=True, erase=erase)
+    if rule == "sum":
+        ours = lambda q, k, v, beta, c, S0: chunk_linear_attn(  # noqa: E731
+            q, k, v, initial_state=S0, output_final_state=True, chunk_size=C)
+        ref = lambda q, k, v, beta, c, S0: chunk_linear_attn_torch(q, k, v, initial_state=S0)  # noqa: E731
+    else:
+        ours = lambda q, k, v, beta, c, S0: chunk_delta_rule(  # noqa: E731
+            q, k, v, beta, erase=c, initial_state=S0, output_final_state=True, chunk_size=C)
+        ref = lambda q, k, v, beta, c, S0: chunk_delta_rule_torch(  # noqa: E731
+            q, k, v, beta, erase=c, initial_state=S0)
+    leaves = [q, k, v, None if rule == "sum" else beta, c, S0]
+    o, S, g = grads_of(ours, leaves, seed=31)
+    o_r, S_r, g_r = grads_of(ref, f64(leaves), seed=31)
+    tol = (GPU_RTOL if HAS_CUDA else RTOL)[dtype]
+    errs = {"o": rel(o, o_r), "S": rel(S, S_r)}
+    errs.update({n: rel(a, b) for n, a, b in zip(["dq", "dk", "dv", "dbeta", "derase", "dS0"], g, g_r) if b is not None})
+    bad = {n: f"{e:.1e}" for n, e in errs.items() if not e < tol}
+    assert not bad, f"relative errors above {tol}: {bad} (all: { {n: f'{e:.1e}' for n, e in errs.items()} })"

@@ -52,7 +52,6 @@ import triton.language as tl
 
 from ..linear_attn.chunk import chunk_output_fwd
 from ..triton_utils import (
-    NUM_WARPS,
     buffer_strides4,
     check_chunk_size,
     check_out_dtype,
@@ -63,6 +62,7 @@ from ..triton_utils import (
     device_guard,
     dot_precision,
     kernel_query,
+    launch_options,
     load_tile,
     load_vec,
     state_block,
@@ -391,7 +391,7 @@ def delta_rule_prepare(k, v, beta, erase, chunk_size):
     delta_rule_prepare_kernel[(B * H, NT)](
         k, v, beta, erase, x, w, u, T, H, K, V,
         *strides4(k), *strides4(v), *strides3(beta), *strides3(erase), NT,
-        C=C, BK=BK, BV=BV, PREC=dot_precision(k.dtype), num_warps=NUM_WARPS,
+        C=C, BK=BK, BV=BV, PREC=dot_precision(k.dtype), **launch_options(),
     )
     return x, w, u
 
@@ -409,7 +409,7 @@ def delta_rule_states_fwd(k, w, u, h0, chunk_size):
         k, w, u, h0 if h0 is not None else h, h, vnew, T, H, K, V,
         *strides4(k), NT,
         C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, PREC=dot_precision(k.dtype), BKH=state_block(K),
-        num_warps=NUM_WARPS, **state_pass_options(K),
+        **state_pass_options(K),
     )
     return h, vnew
 
@@ -451,7 +451,7 @@ def chunk_delta_rule_bwd(q, k, v, beta, erase, h0, do, dht, chunk_size, dq_dtype
         T, H, K, V,
         *strides4(q), *strides4(k), *strides4(v), *strides3(beta), *strides3(c), *strides4(do),
         B * H * V, NT,
-        C=C, BK=BK, BV=BV, HAS_DHT=dht is not None, PREC=prec, num_warps=NUM_WARPS,
+        C=C, BK=BK, BV=BV, HAS_DHT=dht is not None, PREC=prec, **launch_options(),
     )
     del x
     dq = torch.empty(T, B, H, K, device=q.device, dtype=dq_dtype)
@@ -462,7 +462,7 @@ def chunk_delta_rule_bwd(q, k, v, beta, erase, h0, do, dht, chunk_size, dq_dtype
         T, H, K, V,
         *strides4(q), *strides4(k), *strides3(c), *strides4(do),
         B * H * K, NT,
-        C=C, BK=BK, BV=BV, PREC=prec, num_warps=NUM_WARPS,
+        C=C, BK=BK, BV=BV, PREC=prec, **launch_options(),
     )
     dbeta = chunked_to_time_major(dbeta_part.sum(0), B, H, T)
     dc = chunked_to_time_major(dc_part.sum(0), B, H, T)

@@ -34,7 +34,6 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import (
-    NUM_WARPS,
     check_chunk_size,
     check_out_dtype,
     check_qkv,
@@ -42,6 +41,7 @@ from ..triton_utils import (
     device_guard,
     dot_precision,
     kernel_query,
+    launch_options,
     load_tile,
     store_tile,
     strides4,
@@ -244,7 +244,7 @@ def chunk_states_fwd(k, v, h0, chunk_size):
     linear_attn_state_fwd_kernel[grid](
         k, v, h0 if h0 is not None else h, h, T, H, K, V,
         *strides4(k), *strides4(v), NT,
-        C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, PREC=dot_precision(k.dtype), num_warps=NUM_WARPS,
+        C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, PREC=dot_precision(k.dtype), **launch_options(),
     )
     return h
 
@@ -260,7 +260,7 @@ def chunk_output_fwd(q, k, u, u_strides, h, out_dtype, chunk_size):
     chunk_output_kernel[(B * H, NT, triton.cdiv(V, BV))](
         q, k, u, h, o, T, H, K, V,
         *strides4(q), *strides4(k), *u_strides, *strides4(o), NT,
-        C=C, BK=BK, BV=BV, PREC=dot_precision(k.dtype), num_warps=NUM_WARPS,
+        C=C, BK=BK, BV=BV, PREC=dot_precision(k.dtype), **launch_options(),
     )
     return o
 
@@ -284,7 +284,7 @@ def chunk_state_grads_bwd(q, do, dht, K, V, chunk_size, prec):
     linear_attn_state_bwd_kernel[(B * H, triton.cdiv(K, BK), triton.cdiv(V, BV))](
         q, do, dht if dht is not None else dh, dh, T, H, K, V,
         *strides4(q), *strides4(do), NT,
-        C=C, BK=BK, BV=BV, HAS_DHT=dht is not None, PREC=prec, num_warps=NUM_WARPS,
+        C=C, BK=BK, BV=BV, HAS_DHT=dht is not None, PREC=prec, **launch_options(),
     )
     return dh
 
@@ -305,12 +305,12 @@ def chunk_linear_attn_bwd(q, k, v, h0, do, dht, chunk_size, dq_dtype):
     linear_attn_dqk_kernel[(B * H, NT, triton.cdiv(K, BK))](
         q, k, v, do, h, dh, dq, dk, T, H, K, V,
         *strides4(q), *strides4(k), *strides4(v), *strides4(do), B * H * K, NT,
-        C=C, BK=BK, BV=BV, PREC=prec, num_warps=NUM_WARPS,
+        C=C, BK=BK, BV=BV, PREC=prec, **launch_options(),
     )
     linear_attn_dv_kernel[(B * H, NT, triton.cdiv(V, BV))](
         q, k, do, dh, dv, T, H, K, V,
         *strides4(q), *strides4(k), *strides4(do), B * H * V, NT,
-        C=C, BK=BK, BV=BV, PREC=prec, num_warps=NUM_WARPS,
+        C=C, BK=BK, BV=BV, PREC=prec, **launch_options(),
     )
     dh0 = dh[:, 0].reshape(B, H, K, V)
     return dq, dk, dv, dh0
