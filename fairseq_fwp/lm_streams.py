@@ -21,6 +21,7 @@ target ``S[start + 1 : start + length + 1]``.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -93,11 +94,8 @@ class LMStreamDataset(FairseqDataset):
         streams ``rows`` (default: all), items batch-major (batch i = segment i of every row)."""
         n_targets = len(stream) - 1
         per_stream = n_targets // n_streams
-        if per_stream < 1:
-            raise ValueError(
-                f"the split has {n_targets} tokens, too few for {n_streams} streams "
-                "(--batch-size x distributed world size); use a smaller --batch-size"
-            )
+        if per_stream < 1:  # the task checks its splits first and names the flags
+            raise ValueError(f"a stream of {n_targets} tokens cannot be cut into {n_streams} streams")
         rows = list(range(n_streams)) if rows is None else list(rows)
         L = tokens_per_sample
         seg_starts = np.arange(0, per_stream, L, dtype=np.int64)
@@ -171,14 +169,34 @@ class LMStreamDataset(FairseqDataset):
         return sample
 
 
-def score_last_position(module, args, kwargs, output):
-    """Forward hook on a decoder for :meth:`LMStreamDataset.windows` batches: keep only
-    the output at each window's last position (``src_lengths - 1``), so the output layer
-    (a full or adaptive softmax over the vocabulary) runs on the scored tokens only."""
-    lengths = kwargs.get("src_lengths")
-    if lengths is None:
-        raise ValueError("sliding-window scoring needs src_lengths in net_input")
-    x = output[0]
-    idx = (lengths.to(x.device) - 1).long()
-    x = x[torch.arange(x.size(0), device=x.device), idx].unsqueeze(1)
-    return (x,) + tuple(output[1:])
+@contextmanager
+def score_last_positions(decoder):
+    """While active, ``decoder`` (a fairseq decoder with ``output_layer``, such as
+    ``TransformerDecoderBase``) scores :meth:`LMStreamDataset.windows` batches: the features
+    of each window's last position (``src_lengths - 1``) are picked *before* the output
+    layer, so the output projection (full vocabulary) or, with adaptive softmax, the
+    adaptive softmax applied later by ``get_normalized_probs`` runs on the scored tokens
+    only; the decoder returns ``[B, 1, ...]``. ``src_lengths`` comes from the call
+    (fairseq's LMs pass ``net_input`` to the decoder)."""
+    lengths: List[torch.Tensor] = []
+
+    def remember_lengths(module, args, kwargs):
+        src_lengths = kwargs.get("src_lengths")
+        if src_lengths is None:
+            raise ValueError("sliding-window scoring needs src_lengths in net_input")
+        lengths[:] = [src_lengths]
+
+    project = decoder.output_layer  # the bound method; the instance attribute below shadows it
+
+    def output_layer(features, **kwargs):
+        idx = (lengths[0].to(features.device) - 1).long()
+        last = features[torch.arange(features.size(0), device=features.device), idx].unsqueeze(1)
+        return project(last, **kwargs)
+
+    handle = decoder.register_forward_pre_hook(remember_lengths, with_kwargs=True)
+    decoder.output_layer = output_layer
+    try:
+        yield
+    finally:
+        del decoder.output_layer
+        handle.remove()

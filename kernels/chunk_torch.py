@@ -45,6 +45,11 @@ def _per_chunk(*xs: torch.Tensor):
     return [x.unbind(2) for x in xs]
 
 
+def _empty(v: torch.Tensor, S: torch.Tensor, out_dtype: Optional[torch.dtype]):
+    """The scan of a zero-length input: no outputs, the initial state unchanged."""
+    return v.new_empty((0,) + tuple(v.shape[1:]), dtype=out_dtype or v.dtype), S
+
+
 def _start(q, k, v, initial_state, chunk_size):
     """(T, C, Q, K, V chunked [B,H,N,C,D], S_0 [B,H,d_dot,d_value]) shared by both scans."""
     T, B, H, K = q.shape
@@ -65,6 +70,8 @@ def chunk_linear_attn_torch(
     """Causal sum-rule scan. Returns (o [T,B,H,V] in ``out_dtype`` (default v's dtype),
     final S [B,H,K,V] float32)."""
     T, C, Q, Kc, Vc, S = _start(q, k, v, initial_state, chunk_size)
+    if T == 0:
+        return _empty(v, S, out_dtype)
     qk = torch.tril(Q @ Kc.transpose(-1, -2))  # [B,H,N,C,C], inclusive diagonal
     outs = []
     for Q_n, K_n, V_n, qk_n in zip(*_per_chunk(Q, Kc, Vc, qk)):
@@ -86,6 +93,8 @@ def chunk_delta_rule_torch(
     """Causal delta-rule scan with write strength beta and erase strength c (= beta if None).
     Returns (o [T,B,H,V] in ``out_dtype`` (default v's dtype), final S [B,H,K,V] float32)."""
     T, C, Q, Kc, Vc, S = _start(q, k, v, initial_state, chunk_size)
+    if T == 0:
+        return _empty(v, S, out_dtype)
     V = v.shape[-1]
     b = _to_chunks(beta, C).unsqueeze(-1)  # [B,H,N,C,1]
     c = b if erase is None else _to_chunks(erase, C).unsqueeze(-1)

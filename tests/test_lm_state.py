@@ -218,8 +218,10 @@ def test_state_resets_at_epoch_start(data):
 
 
 def test_refusals(data):
-    with pytest.raises(ValueError, match="--fwp-feature-map softmax"):
+    # the softmax refusal of carried-state training offers only what carry accepts (not favor)
+    with pytest.raises(ValueError, match="--fwp-feature-map softmax") as refused:
         setup(data, ["--fwp-carry-state", "--batch-size", "2"], model_flags=["--fwp-feature-map", "softmax"])
+    assert "use --fwp-feature-map linear or dpfp (not favor" in str(refused.value)
     with pytest.raises(ValueError, match="--sample-break-mode none"):
         setup(data, ["--fwp-carry-state", "--batch-size", "2", "--sample-break-mode", "eos"], build=False)
     with pytest.raises(ValueError, match="--sample-break-mode none"):
@@ -236,7 +238,7 @@ def test_refusals(data):
     bs = batches(task)
     task.train_step(bs[0], model, criterion, BackwardOnly(), 0)
     smaller = {**bs[1], "net_input": {k: v[:2] for k, v in bs[1]["net_input"].items()}, "target": bs[1]["target"][:2]}
-    with pytest.raises(ValueError, match="a batch of 2 streams follows one of 3"):
+    with pytest.raises(ValueError, match="a train batch of 2 streams follows one of 3"):
         task.train_step(smaller, model, criterion, BackwardOnly(), 1)
     # full-context evaluation of a softmax model
     with pytest.raises(ValueError, match="--fwp-eval-mode full.*softmax"):

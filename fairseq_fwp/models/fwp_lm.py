@@ -1,5 +1,7 @@
 """Decoder-only language model with fast weight attention (paper Sec. 6.3, WikiText-103)."""
 
+import logging
+import sys
 from dataclasses import dataclass, field
 
 from fairseq import options
@@ -11,7 +13,7 @@ from fairseq.models.transformer_lm import (
     TransformerLanguageModelConfig,
     base_lm_architecture,
 )
-from fairseq.modules import AdaptiveInput
+from fairseq.modules import AdaptiveInput, LearnedPositionalEmbedding
 from fairseq.utils import safe_getattr
 
 from ..config import FwpAttentionConfig
@@ -27,6 +29,11 @@ class FwpLanguageModelConfig(TransformerLanguageModelConfig, FwpAttentionConfig)
     )
 
 
+logger = logging.getLogger(__name__)
+
+# "no limit", as fairseq's EnsembleModel writes it for models without max_decoder_positions
+UNLIMITED_POSITIONS = sys.maxsize
+
 LM_ATTENTIONS = ("decoder_self",)  # the attentions a decoder-only model has (for --fwp-replace)
 
 
@@ -36,6 +43,19 @@ def _check_cutoffs(flag: str, cutoffs, vocab_size: int):
             f"{flag} {','.join(map(str, cutoffs))} needs every cutoff below the vocabulary size "
             f"{vocab_size}; pass smaller cutoffs (e.g. {flag} {vocab_size // 4},{vocab_size // 2})"
         )
+
+
+class FwpLanguageModelDecoder(FwpTransformerDecoder):
+    """The language model's decoder. Only learned positional embeddings limit how many
+    tokens it reads: without positional embeddings (or with sinusoidal ones, which fairseq
+    extends to any length) a fast weight LM keeps an O(1) state and runs to any length, so
+    ``max_positions`` is unlimited there and fairseq-generate, -interactive, -eval-lm and the
+    hub interface do not cap sequences at the training --tokens-per-sample."""
+
+    def max_positions(self):
+        if isinstance(self.embed_positions, LearnedPositionalEmbedding):
+            return super().max_positions()
+        return UNLIMITED_POSITIONS
 
 
 @register_model("fwp_lm", dataclass=FwpLanguageModelConfig)
@@ -78,7 +98,20 @@ class FwpLanguageModel(TransformerLanguageModel):
                     "--adaptive-softmax-factor/--adaptive-softmax-cutoff"
                 )
         cfg = TransformerConfig.from_namespace(args)
-        return cls(FwpTransformerDecoder(cfg, fwp, task.target_dictionary, embed_tokens, no_encoder_attn=True))
+        return cls(FwpLanguageModelDecoder(cfg, fwp, task.target_dictionary, embed_tokens, no_encoder_attn=True))
+
+    def max_decoder_positions(self):
+        """The generation length limit (fairseq's SequenceGenerator asks for it once); with
+        learned positional embeddings it says so."""
+        limit = self.decoder.max_positions()
+        if limit != UNLIMITED_POSITIONS and not getattr(self, "_limit_logged", False):
+            self._limit_logged = True
+            logger.warning(
+                f"fwp_lm: learned positional embeddings (--decoder-learned-pos) cover {limit} positions (the --tokens-per-sample "
+                f"it was trained with), so generation stops at {limit} tokens, prefix included; models "
+                "trained with --no-token-positional-embeddings or sinusoidal positions (the default) have no length limit"
+            )
+        return limit
 
 
 

@@ -34,15 +34,18 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
+from omegaconf import OmegaConf
 
 from fairseq import utils
 from fairseq.data import TruncatedDictionary, data_utils, iterators
 from fairseq.dataclass import ChoiceEnum
+from fairseq.modules import LearnedPositionalEmbedding
 from fairseq.tasks import register_task
 from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
 from fairseq.utils import safe_getattr
 
-from ..lm_streams import LMStreamDataset, flatten_indexed_dataset, score_last_position
+from ..cli_errors import FwpConfigError, fairseq_command
+from ..lm_streams import LMStreamDataset, flatten_indexed_dataset, score_last_positions
 from ..models.encoder_decoder import detach_fast_weight_state
 
 logger = logging.getLogger(__name__)
@@ -83,6 +86,10 @@ def _has_fast_weights(model) -> bool:
     return hasattr(dec, "fast_weight_modules") and len(dec.fast_weight_modules()) > 0
 
 
+def _has_learned_positions(model) -> bool:
+    return isinstance(getattr(_decoder(model), "embed_positions", None), LearnedPositionalEmbedding)
+
+
 @register_task("fwp_language_modeling", dataclass=FwpLanguageModelingConfig)
 class FwpLanguageModelingTask(LanguageModelingTask):
     """fairseq's ``language_modeling`` with a carried fast weight state (see the module doc)."""
@@ -92,6 +99,7 @@ class FwpLanguageModelingTask(LanguageModelingTask):
         self._check_args()
         self._carried: Dict[str, dict] = {"train": {}, "valid": {}}
         self._models: List[torch.nn.Module] = []
+        self._announced: set = set()  # splits whose carried-state scoring was logged
 
     # --------------------------------------------------------------- checks
     @property
@@ -103,26 +111,41 @@ class FwpLanguageModelingTask(LanguageModelingTask):
         mode = safe_getattr(self.args, "fwp_eval_mode", None)
         return None if mode is None else str(mode)
 
+    def _refuse_carry_state_outside_training(self, command: Optional[str]):
+        """--fwp-carry-state shapes training and validation batches; other commands would ignore it."""
+        if command == "eval_lm":
+            raise FwpConfigError(
+                "--fwp-carry-state is a training option; fairseq-eval-lm evaluates with --fwp-eval-mode "
+                "full (the state carried through the split) or --fwp-eval-mode sliding"
+            )
+        if command in ("generate", "interactive"):
+            raise FwpConfigError(
+                f"--fwp-carry-state is a training option (fairseq-train, fairseq-validate); fairseq-{command} "
+                "carries the fast weight state from token to token anyway (incremental decoding); drop it"
+            )
+
     def _check_args(self):
         flags = [f for f, on in (("--fwp-carry-state", self.carry_state),
                                  (f"--fwp-eval-mode {self.eval_mode}", self.eval_mode is not None)) if on]
         if not flags:
             return
+        if self.carry_state:
+            self._refuse_carry_state_outside_training(fairseq_command())
         which = " and ".join(flags)
         mode = str(safe_getattr(self.args, "sample_break_mode", "none") or "none")
         if mode != "none":
-            raise ValueError(
+            raise FwpConfigError(
                 f"{which} treats each split as one token stream and needs --sample-break-mode none "
                 f"(got --sample-break-mode {mode})"
             )
         if safe_getattr(self.args, "add_bos_token", False):
-            raise ValueError(f"{which} does not support --add-bos-token (the stream starts with </s>)")
+            raise FwpConfigError(f"{which} does not support --add-bos-token (the stream starts with </s>)")
         if str(safe_getattr(self.args, "shorten_method", "none") or "none") != "none":
-            raise ValueError(f"{which} does not support --shorten-method (the stream is never cut)")
+            raise FwpConfigError(f"{which} does not support --shorten-method (the stream is never cut)")
         if self.targets != ["future"]:
-            raise ValueError(f"{which} predicts the next token only; drop --self-target/--past-target")
+            raise FwpConfigError(f"{which} predicts the next token only; drop --self-target/--past-target")
         if self.carry_state and safe_getattr(self.args, "batch_size", None) is None:
-            raise ValueError(
+            raise FwpConfigError(
                 "--fwp-carry-state needs a fixed --batch-size B (the number of parallel streams "
                 "per rank); --max-tokens alone forms batches whose size changes between batches, "
                 "so no state could be carried from one to the next"
@@ -140,12 +163,13 @@ class FwpLanguageModelingTask(LanguageModelingTask):
                 if str(fm) == "softmax"
                 else "this model has no causal fast weight layer (an fwp_lm with --fwp-replace decoder_self is needed)"
             )
-            raise ValueError(
+            maps = "linear or dpfp (not favor, whose features are redrawn every training forward)" if carry else "linear, favor or dpfp"
+            raise FwpConfigError(
                 f"{which} carries the fast weight state of the model's layers, but {hint}; use "
-                "--fwp-feature-map linear, favor or dpfp (evaluate softmax models with --fwp-eval-mode sliding)"
+                f"--fwp-feature-map {maps} (evaluate softmax models with --fwp-eval-mode sliding)"
             )
         if carry and str(safe_getattr(cfg, "fwp_feature_map", "")) == "favor":
-            raise ValueError(
+            raise FwpConfigError(
                 "--fwp-carry-state with --fwp-feature-map favor: FAVOR+ redraws its random features "
                 "at every training forward, so a state written with one draw would be read with "
                 "the next; use linear or dpfp for carried-state training"
@@ -165,14 +189,25 @@ class FwpLanguageModelingTask(LanguageModelingTask):
             return super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
         paths = utils.split_paths(self.args.data)
         split_path = os.path.join(paths[(epoch - 1) % len(paths)], split)
+        if os.path.isfile(split_path + ".bin") and os.path.getsize(split_path + ".bin") == 0:
+            self._refuse_empty_split(split, split_path + ".bin")  # fairseq's mmap loader fails on it
         data = data_utils.load_indexed_dataset(split_path, self.dictionary, self.args.dataset_impl, combine=combine)
         if data is None:
             raise FileNotFoundError(f"Dataset not found: {split} ({split_path})")
         stream = flatten_indexed_dataset(data, self.dictionary.eos())
+        if len(stream) < 2:
+            self._refuse_empty_split(split, split_path)
         self.datasets[split] = LMStreamDataset.segments(
             stream, self.args.tokens_per_sample, self.dictionary.pad(), **self._vocab_kw()
         )
         logger.info(f"{split}: one stream of {len(stream) - 1:,} tokens")
+
+    @staticmethod
+    def _refuse_empty_split(split: str, path: str):
+        raise FwpConfigError(
+            f"the {split} split has no tokens ({path}); there is nothing to score or train on: "
+            "choose a split with tokens (--gen-subset, --valid-subset, --train-subset) or binarise it again"
+        )
 
     def _vocab_kw(self):
         if isinstance(self.output_dictionary, TruncatedDictionary):
@@ -183,7 +218,30 @@ class FwpLanguageModelingTask(LanguageModelingTask):
         L = self.args.tokens_per_sample
         limit = max_positions if isinstance(max_positions, int) else None
         if limit is not None and L > limit:
-            raise ValueError(f"--tokens-per-sample {L} exceeds the model's max positions {limit}")
+            why = (
+                f"its learned positional embeddings (--decoder-learned-pos) cover {limit} positions (the --tokens-per-sample it was "
+                "trained with; models trained with --no-token-positional-embeddings or sinusoidal positions, "
+                "the default, have no length limit)"
+                if any(_has_learned_positions(m) for m in self._models)
+                else f"the model reads at most {limit} positions"
+            )
+            raise FwpConfigError(f"--tokens-per-sample {L} is longer than the model can read: {why}; use --tokens-per-sample {limit} or less")
+
+    def _split_name(self, dataset) -> str:
+        return next((name for name, d in self.datasets.items() if d is dataset), "given")
+
+    def _train_subset(self) -> str:
+        """--train-subset (fairseq's dataset option, outside the task's config: read from the
+        config the task's node belongs to)."""
+        if OmegaConf.is_config(self.args):
+            return OmegaConf.select(self.args._get_root(), "dataset.train_subset", default=None) or "train"
+        return safe_getattr(self.args, "train_subset", None) or "train"
+
+    def _batch_flags(self, split: str):
+        """The flags that size the batches of ``split`` in this command: (batch size, max tokens)."""
+        if split == self._train_subset() or fairseq_command() == "validate":
+            return "--batch-size", "--max-tokens"
+        return "--batch-size-valid (default: --batch-size)", "--max-tokens-valid (default: --max-tokens)"
 
     # ------------------------------------------------------------ training
     def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None,
@@ -194,6 +252,12 @@ class FwpLanguageModelingTask(LanguageModelingTask):
         """With --fwp-carry-state: ``max_sentences`` streams per rank (rank ``shard_id`` of
         ``num_shards`` takes streams ``shard_id * B ... shard_id * B + B - 1``), batches in
         stream order, never shuffled. Otherwise fairseq's batching."""
+        if self.eval_mode is not None:
+            raise FwpConfigError(
+                f"--fwp-eval-mode {self.eval_mode} is an option of fairseq-eval-lm (how it scores a split); "
+                f"{'fairseq-' + fairseq_command() if fairseq_command() else 'fairseq batch iteration'} "
+                "does not use it; drop it"
+            )
         if not (self.carry_state and isinstance(dataset, LMStreamDataset)):
             return super().get_batch_iterator(
                 dataset, max_tokens=max_tokens, max_sentences=max_sentences, max_positions=max_positions,
@@ -204,13 +268,34 @@ class FwpLanguageModelingTask(LanguageModelingTask):
                 update_epoch_batch_itr=update_epoch_batch_itr,
             )
         B, L = max_sentences, self.args.tokens_per_sample
+        split = self._split_name(dataset)
+        batch_flag, tokens_flag = self._batch_flags(split)
         if B is None:
-            raise ValueError("--fwp-carry-state needs a fixed --batch-size (and --batch-size-valid) B")
+            raise FwpConfigError(
+                f"--fwp-carry-state needs a fixed {batch_flag} for the {split} split: B streams per rank, "
+                "batch i = segment i of every stream"
+            )
         if max_tokens is not None and max_tokens < B * L:
-            raise ValueError(
-                f"--max-tokens {max_tokens} would split the batches of --batch-size {B} streams x "
+            raise FwpConfigError(
+                f"{tokens_flag} {max_tokens} would split the {split} batches of {batch_flag} {B} streams x "
                 f"--tokens-per-sample {L} tokens (the batch size would change between batches); "
-                f"drop --max-tokens or set it >= {B * L}"
+                f"drop it or set it >= {B * L}"
+            )
+        n_streams = B * num_shards
+        if dataset.n_targets < n_streams:
+            fix = (f"use {batch_flag} {dataset.n_targets // num_shards} or less" if dataset.n_targets >= num_shards
+                   else "use fewer ranks")
+            raise FwpConfigError(
+                f"the {split} split has {dataset.n_targets} tokens, too few for {n_streams} streams "
+                f"({batch_flag} {B} x {num_shards} ranks); {fix}"
+            )
+        if split != self._train_subset() and split not in self._announced:
+            self._announced.add(split)
+            logger.info(
+                f"--fwp-carry-state: {split} is scored as {n_streams} streams ({batch_flag} {B} x {num_shards} "
+                "ranks), the fast weight state carried from each segment to the next and reset at the start, "
+                "so its loss depends on the number of streams; fairseq-eval-lm --fwp-eval-mode full scores "
+                "one stream carried through the whole split"
             )
         self._check_length(max_positions)
         streams = LMStreamDataset.segments(
@@ -236,9 +321,9 @@ class FwpLanguageModelingTask(LanguageModelingTask):
         for buf in state.values():
             S = buf.get("S")
             if S is not None and S.size(0) != bsz:
-                raise ValueError(
-                    f"--fwp-carry-state: a batch of {bsz} streams follows one of {S.size(0)}; the "
-                    "carried state needs the same --batch-size in every batch"
+                raise FwpConfigError(
+                    f"--fwp-carry-state: a {kind} batch of {bsz} streams follows one of {S.size(0)}; the "
+                    "carried state needs the same batch size (number of streams) in every batch"
                 )
         return state
 
@@ -277,27 +362,27 @@ class FwpLanguageModelingTask(LanguageModelingTask):
         mode = self.eval_mode
         if mode is None:
             if self.carry_state:
-                raise ValueError(
-                    "--fwp-carry-state is a training option; evaluate with --fwp-eval-mode full "
-                    "(state carried through the split) or --fwp-eval-mode sliding"
-                )
+                self._refuse_carry_state_outside_training("eval_lm")
             return super().eval_lm_dataloader(
                 dataset, max_tokens=max_tokens, batch_size=batch_size, max_positions=max_positions,
                 num_shards=num_shards, shard_id=shard_id, num_workers=num_workers,
                 data_buffer_size=data_buffer_size, context_window=context_window,
             )
         if context_window > 0:
-            raise ValueError(
+            raise FwpConfigError(
                 f"--fwp-eval-mode {mode} sets the context itself (windows of --tokens-per-sample "
                 "tokens, or the whole split); drop --context-window"
             )
         if not self._models:
-            raise ValueError(f"--fwp-eval-mode {mode}: the task built no model to evaluate")
+            raise FwpConfigError(f"--fwp-eval-mode {mode}: the task built no model to evaluate")
         self._check_length(max_positions)
         L = self.args.tokens_per_sample
         if mode == "full":
             if num_shards > 1:
-                raise ValueError("--fwp-eval-mode full evaluates one stream; it cannot be sharded over ranks")
+                raise FwpConfigError(
+                    "--fwp-eval-mode full evaluates one stream; it cannot be sharded over ranks "
+                    "(run fairseq-eval-lm with --distributed-world-size 1)"
+                )
             for m in self._models:
                 self._check_model(m, None)
             if batch_size not in (None, 1):
@@ -306,6 +391,12 @@ class FwpLanguageModelingTask(LanguageModelingTask):
             batches = [[i] for i in range(len(data))]
             num_shards, shard_id = 1, 0
         else:
+            if max_tokens is not None and max_tokens < L:
+                raise FwpConfigError(
+                    f"--fwp-eval-mode sliding batches windows of up to --tokens-per-sample {L} tokens by "
+                    f"--max-tokens, counted in window input tokens (not in scored tokens as with "
+                    f"--context-window): --max-tokens {max_tokens} holds no window; set --max-tokens {L} or more"
+                )
             data = LMStreamDataset.windows(dataset.stream, L, self.dictionary.pad(), **self._vocab_kw())
             batches = data.batch_by_size(data.ordered_indices(), max_tokens=max_tokens, max_sentences=batch_size)
         itr = iterators.EpochBatchIterator(
@@ -324,5 +415,5 @@ class FwpLanguageModelingTask(LanguageModelingTask):
                 if mode == "full":
                     stack.enter_context(dec.carry_state({}))
                 else:
-                    stack.callback(dec.register_forward_hook(score_last_position, with_kwargs=True).remove)
+                    stack.enter_context(score_last_positions(dec))
             yield from itr
