@@ -51,10 +51,7 @@ def test_paper_batch_on_any_gpu_count(gpus, monkeypatch):
     assert per * gpus * freq == 96 and per <= 48  # the paper's 96 x 256 tokens, V100-sized per GPU
     assert info["tokens_per_update"] == 96 * 256
     assert _flag(cmd, "--required-batch-size-multiple") == "1"  # fairseq would round 28/12 down to 8s
-    if gpus > 1:
-        assert _flag(cmd, "--distributed-world-size") == str(gpus)
-    else:
-        assert "--distributed-world-size" not in cmd
+    assert _flag(cmd, "--distributed-world-size") == str(gpus)  # also 1: not every visible GPU
     assert "--bf16" in cmd and "--cpu" not in cmd
     # medium: 56 x 384; 3 GPUs cannot hold 56 sequences evenly
     if 56 % gpus == 0:
@@ -124,12 +121,13 @@ def test_model_flags(argv, fm, rule, attn_norm, extra):
 
 
 def test_carry_is_table4():
-    s, cmd, _ = _cmd(["medium", "delta", "--carry"])
+    s, cmd, _ = _cmd(["medium", "delta", "--carry"], workers=2)  # the paper's two GPUs: 2 x 28 streams
     assert s.name == "medium-delta-carry"
     assert "--fwp-carry-state" in cmd and "--no-token-positional-embeddings" in cmd and "--fwp-attn-norm" not in cmd
-    s, cmd, _ = _cmd(["medium", "linear", "--carry"])  # the paper's Linear Transformer row keeps z.phi(q)
+    assert (_flag(cmd, "--batch-size"), _flag(cmd, "--update-freq")) == ("28", "1")
+    s, cmd, _ = _cmd(["medium", "linear", "--carry"], workers=2)  # the paper's Linear Transformer row keeps z.phi(q)
     assert "--fwp-carry-state" in cmd and "--fwp-attn-norm" in cmd and "--no-token-positional-embeddings" in cmd
-    s, cmd, _ = _cmd(["medium", "linear", "--carry", "--attn-norm", "off"])
+    s, cmd, _ = _cmd(["medium", "linear", "--carry", "--attn-norm", "off"], workers=2)
     assert "--fwp-attn-norm" not in cmd and s.name == "medium-linear-noattnnorm-carry"
 
 

@@ -103,7 +103,8 @@ def test_cpu_command_has_no_half_precision(monkeypatch, tmp_path):
 def test_distributed_flags(monkeypatch):
     for k in ("SLURM_JOB_ID", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "FWP_DISTRIBUTED_PORT"):
         monkeypatch.delenv(k, raising=False)
-    assert wmt14.distributed_flags(1) == []
+    assert wmt14.distributed_flags(0) == []  # CPU
+    assert wmt14.distributed_flags(1) == ["--distributed-world-size", "1"]  # not every visible GPU
     assert wmt14.distributed_flags(8) == ["--distributed-world-size", "8"]  # fairseq spawns 8 processes
     monkeypatch.setenv("SLURM_JOB_ID", "123456")  # srun, one task per GPU
     assert wmt14.distributed_flags(16) == ["--distributed-world-size", "16", "--distributed-port", "13456"]
@@ -157,7 +158,7 @@ def test_read_sgm_takes_seg_lines_like_sacrebleu(tmp_path):
 def test_compound_splitting_and_tokenisation():
     tok = wmt14.moses_tokenize("Das Café-Liebhaber-Treffen kostet 3,5 Mio. €.", "de")
     assert "@-@" in tok
-    assert wmt14.compound_split(tok) == "Das Café ##AT##-##AT## Liebhaber ##AT##-##AT## Treffen kostet 3,5 Mio. € ."
+    assert wmt14.compound_split_t2t(tok) == "Das Café ##AT##-##AT## Liebhaber ##AT##-##AT## Treffen kostet 3,5 Mio. € ."
     assert wmt14.moses_detokenize(tok, "de") == "Das Café-Liebhaber-Treffen kostet 3,5 Mio. €."
 
 

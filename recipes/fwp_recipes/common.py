@@ -8,18 +8,24 @@ hold those.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
+import json
+import lzma
+import bz2
 import math
 import os
 import shlex
 import shutil
 import subprocess
+import struct
 import sys
 import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 import gzip
 from collections import deque
 from pathlib import Path
@@ -151,20 +157,42 @@ def key_of(*parts) -> str:
 
 
 class Steps:
-    """Markers of finished steps in ``workdir/.steps/``: a rerun skips a step whose key is
-    unchanged and redoes it when its inputs (the key) changed."""
+    """Markers of finished steps in ``workdir/.steps/`` (one mechanism for every recipe).
+
+    ``mark(name, key, outputs)`` records the key of the step's inputs and settings and the
+    size of every output file; ``done(name, key, outputs)`` is true only when the key is
+    unchanged and every output is still there with the recorded size. A rerun therefore
+    skips a finished step, redoes it when its inputs changed, and redoes it when one of
+    its outputs was deleted or cut short (a marker never outlives its files)."""
 
     def __init__(self, workdir):
         self.dir = Path(workdir) / ".steps"
 
-    def done(self, name: str, key: str = "") -> bool:
-        path = self.dir / name
-        return path.is_file() and path.read_text() == key
+    @staticmethod
+    def _sizes(outputs: Iterable) -> dict:
+        return {str(Path(o)): Path(o).stat().st_size for o in outputs}
 
-    def mark(self, name: str, key: str = "") -> None:
+    def done(self, name: str, key: str = "", outputs: Iterable = ()) -> bool:
+        path = self.dir / name
+        if not path.is_file():
+            return False
+        try:
+            record = json.loads(path.read_text())
+        except ValueError:  # a marker of an older layout: redo the step once
+            return False
+        if not isinstance(record, dict) or record.get("key") != key:
+            return False
+        recorded = record.get("outputs", {})
+        if set(recorded) != {str(Path(o)) for o in outputs}:
+            return False
+        return all(Path(o).is_file() and Path(o).stat().st_size == size for o, size in recorded.items())
+
+    def mark(self, name: str, key: str = "", outputs: Iterable = ()) -> None:
+        """Record ``name`` as finished; every path in ``outputs`` must exist."""
+        record = {"key": key, "outputs": self._sizes(outputs)}
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{name}.tmp"
-        tmp.write_text(key)
+        tmp.write_text(json.dumps(record, indent=1))
         tmp.replace(self.dir / name)
 
     def forget(self, name: str) -> None:
@@ -254,33 +282,66 @@ def download(urls: Sequence[str], dest, *, size: Optional[int] = None, sha256: O
     )
 
 
+# What reading a damaged archive can raise: a bad CRC or length (BadZipFile, BadGzipFile
+# = OSError), a cut stream (EOFError), corrupt deflate/xz data (zlib.error, LZMAError),
+# a damaged zip directory (ValueError, struct.error; NotImplementedError for a flipped
+# compression method; RuntimeError for a flipped encryption bit).
+ARCHIVE_ERRORS = (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError,
+                  ValueError, struct.error, NotImplementedError, RuntimeError)
+
+
+@contextlib.contextmanager
+def reading_archive(path):
+    """Turn any error of reading a damaged archive into one RecipeError line that names
+    the file to download again."""
+    try:
+        yield
+    except RecipeError:
+        raise
+    except ARCHIVE_ERRORS as e:
+        detail = " ".join(str(e).split()) or "no detail"
+        raise RecipeError(f"{path}: broken or incomplete archive ({type(e).__name__}: {detail}); "
+                          f"delete it and download {Path(path).name} again") from None
+
+
+_COMPRESSED = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ\x00", lzma.open))
+
+
+def _drain(f) -> None:
+    while f.read(1 << 20):
+        pass
+
+
 def test_archive(path) -> None:
     """Read a zip, tar (plain or compressed) or gzip file through to the end (the type is
-    taken from the content, so ``x.zip.part`` works); RecipeError naming the file if broken."""
+    taken from the content, so ``x.zip.part`` works); RecipeError naming the file if broken.
+
+    Every checksum is checked: each zip member is read to its end (its CRC-32), and a
+    gzip / bzip2 / xz stream is decompressed to its end before the tar inside is read, so
+    the trailer (gzip: CRC-32 and length of every member) is reached; reading a .tgz
+    member by member would stop at the tar's end marker and never see it."""
     path = Path(path)
-    try:
+    with reading_archive(path):
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
-                bad = z.testzip()
-                if bad is not None:
-                    raise RecipeError(f"{path}: corrupt member {bad}")
-        elif tarfile.is_tarfile(path):
+                for info in z.infolist():
+                    with z.open(info) as f:
+                        _drain(f)
+            return
+        with open(path, "rb") as f:
+            head = f.read(6)
+        opener = next((o for magic, o in _COMPRESSED if head.startswith(magic)), None)
+        if opener is not None:
+            with opener(path, "rb") as f:
+                _drain(f)
+        if tarfile.is_tarfile(path):
             with tarfile.open(path) as t:
                 for member in t:
                     if member.isfile():
-                        f = t.extractfile(member)
-                        while f.read(1 << 20):
-                            pass
-        else:
-            with open(path, "rb") as f:
-                magic = f.read(2)
-            if magic != b"\x1f\x8b":
-                raise RecipeError(f"{path}: not a zip, tar or gzip archive (truncated or an error page?)")
-            with gzip.open(path, "rb") as f:
-                while f.read(1 << 20):
-                    pass
-    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as e:
-        raise RecipeError(f"{path}: broken or incomplete archive ({e}); delete it and download again")
+                        _drain(t.extractfile(member))
+        elif opener is None:
+            raise RecipeError(f"{path}: not a zip, tar or gzip archive (truncated or an error page?); "
+                              f"download {path.name} again")
 
 
 # ---------------------------------------------------------------------- results tables

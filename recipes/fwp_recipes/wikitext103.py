@@ -351,7 +351,7 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def _zip_members(path: Path) -> Dict[str, str]:
     """{split: member name} of the three token files inside a WikiText-103 zip."""
-    with zipfile.ZipFile(path) as z:
+    with common.reading_archive(path), zipfile.ZipFile(path) as z:
         names = z.namelist()
     found = {}
     for split, fname in TOKEN_FILES.items():
@@ -400,25 +400,31 @@ def _stamp(path: Path) -> Tuple[str, int, int]:
 def _extract(zip_path: Path, out: Path, steps: common.Steps) -> Dict[str, Path]:
     files = {s: out / f for s, f in TOKEN_FILES.items()}
     key = common.key_of(_stamp(zip_path))
-    if steps.done("extract", key) and all(p.is_file() for p in files.values()):
+    if steps.done("extract", key, files.values()):
         _log(f"extract: done earlier ({out}), skipping")
         return files
     members = _zip_members(zip_path)
     out.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(zip_path) as z:
+    with common.reading_archive(zip_path), zipfile.ZipFile(zip_path) as z:
         for split, member in members.items():
             tmp = files[split].with_name(files[split].name + ".tmp")
             with z.open(member) as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+                shutil.copyfileobj(src, dst, 1 << 20)  # the member's CRC-32 is checked at its end
             tmp.replace(files[split])
-    steps.mark("extract", key)
+    steps.mark("extract", key, files.values())
     _log(f"extract: {', '.join(TOKEN_FILES.values())} -> {out}")
     return files
 
 
+def binarized_files(dest: Path) -> List[Path]:
+    """What fairseq-preprocess --only-source writes (and training/evaluation read)."""
+    return [dest / "dict.txt"] + [dest / f"{s}.{ext}" for s in SPLITS for ext in ("bin", "idx")]
+
+
 def _binarize(files: Dict[str, Path], dest: Path, workers: int, steps: common.Steps, log: Path) -> None:
     key = common.key_of([_stamp(files[s]) for s in SPLITS], str(dest))
-    if steps.done("binarize", key) and (dest / "dict.txt").is_file():
+    outputs = binarized_files(dest)
+    if steps.done("binarize", key, outputs):
         _log(f"binarize: done earlier ({dest}), skipping")
         return
     if dest.exists():
@@ -427,7 +433,7 @@ def _binarize(files: Dict[str, Path], dest: Path, workers: int, steps: common.St
         "preprocess", "--only-source",
         "--trainpref", files["train"], "--validpref", files["valid"], "--testpref", files["test"],
         "--destdir", dest, "--workers", workers), log=log)
-    steps.mark("binarize", key)
+    steps.mark("binarize", key, outputs)
 
 
 def data_info(data: Path) -> dict:
@@ -508,7 +514,10 @@ def train_command(s: Setting, data: Path, save_dir: Path, *, workers: int, preci
     --batch-size x processes x --update-freq = cfg.batch (fairseq multiplies by the world
     size itself)."""
     cfg = s.cfg
-    per_gpu, update_freq = common.split_batch(cfg.batch, max(1, workers), max_per_gpu or cfg.max_per_gpu)
+    if s.carry:
+        per_gpu, update_freq = carry_streams(s, workers, max_per_gpu or cfg.max_per_gpu, extra)
+    else:
+        per_gpu, update_freq = common.split_batch(cfg.batch, max(1, workers), max_per_gpu or cfg.max_per_gpu)
     cmd = common.fairseq_cmd(
         "train", data, "--user-dir", common.USER_DIR, "--task", "fwp_language_modeling",
         *s.model_flags(),
@@ -527,14 +536,101 @@ def train_command(s: Setting, data: Path, save_dir: Path, *, workers: int, preci
     if workers == 0:
         cmd.append("--cpu")
     else:
-        cmd += common.precision_flags(precision)
-        if workers > 1:
-            cmd += ["--distributed-world-size", str(workers)]
+        # always, also for one GPU: --batch-size / --update-freq are computed for `workers`
+        # processes, and without the flag fairseq 0.12 trains on every visible GPU
+        cmd += common.precision_flags(precision) + ["--distributed-world-size", str(workers)]
     cmd += common.tensorboard_flags(save_dir / "tensorboard")
     cmd += [str(x) for x in extra]
     info = {"processes": max(1, workers), "per_gpu": per_gpu, "update_freq": update_freq,
             "tokens_per_update": per_gpu * max(1, workers) * update_freq * cfg.tokens_per_sample}
     return cmd, info
+
+
+def _divisors(n: int) -> List[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def carry_streams(s: Setting, workers: int, max_per_gpu: int, extra: Sequence[str] = ()) -> Tuple[int, int]:
+    """(per-GPU --batch-size, --update-freq 1) for ``--carry``.
+
+    With the state carried, the sequences of a batch are the streams: the paper's 56
+    (medium) / 96 (small) streams advance one segment per update. Splitting them into
+    accumulation steps (--update-freq) would instead put consecutive segments of half as
+    many streams into one update -- another experiment. So the streams are shared evenly
+    by the processes, one segment each per step, and a process count that cannot hold
+    them is refused with the counts (or --max-per-gpu) that can."""
+    streams, L = s.cfg.batch, s.cfg.tokens_per_sample
+    w = max(1, workers)
+    for i, x in enumerate(extra):
+        value = extra[i + 1] if x == "--update-freq" and i + 1 < len(extra) else \
+            x.split("=", 1)[1] if x.startswith("--update-freq=") else None
+        if value is not None and value.strip() != "1":
+            raise RecipeError(f"--update-freq {value} with --carry: the carried streams are the batch; accumulation "
+                              f"would make {streams} streams consecutive segments of fewer streams (drop --update-freq)")
+    if streams % w:
+        ok = ", ".join(str(d) for d in _divisors(streams) if streams // d <= max_per_gpu)
+        raise RecipeError(f"--carry keeps the paper's {streams} streams in every update (one segment each), which "
+                          f"{w} processes cannot share evenly; process counts that can: {ok} (set FWP_NUM_GPUS)")
+    per = streams // w
+    if per > max_per_gpu:
+        ok = ", ".join(str(d) for d in _divisors(streams) if streams // d <= max_per_gpu)
+        raise RecipeError(f"--carry keeps the paper's {streams} streams in every update (one segment each, no "
+                          f"--update-freq), so {w} process(es) must hold {per} sequences of {L} tokens each, above "
+                          f"--max-per-gpu {max_per_gpu} (what a 16 GB V100 holds); use {ok} processes, or "
+                          f"--max-per-gpu {per} if one GPU holds {per} x {L} tokens")
+    return per, 1
+
+
+def _last_value(cmd: Sequence[str], flag: str, default=None):
+    """The value of the last ``flag`` in ``cmd`` (fairseq's argparse keeps the last one)."""
+    value = default
+    for i, x in enumerate(cmd):
+        if x == flag and i + 1 < len(cmd):
+            value = cmd[i + 1]
+        elif x.startswith(flag + "="):
+            value = x.split("=", 1)[1]
+    return value
+
+
+def carry_layout_of_command(cmd: Sequence[str]) -> dict:
+    """Streams per process, processes and segment length of a ``--fwp-carry-state`` command."""
+    return {"batch_size": int(_last_value(cmd, "--batch-size")),
+            "world_size": int(_last_value(cmd, "--distributed-world-size", 1)),
+            "tokens_per_sample": int(_last_value(cmd, "--tokens-per-sample"))}
+
+
+def carry_layout_of_checkpoint(path: Path) -> dict:
+    """The same three numbers from a fairseq checkpoint's saved configuration."""
+    import torch
+
+    import fairseq_fwp  # noqa: F401  (checkpoint globals for torch.load)
+
+    cfg = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["cfg"]
+    get = lambda group, key: (cfg[group].get(key) if isinstance(cfg[group], dict)  # noqa: E731
+                              else getattr(cfg[group], key, None))
+    return {"batch_size": get("dataset", "batch_size"),
+            "world_size": get("distributed_training", "distributed_world_size"),
+            "tokens_per_sample": get("task", "tokens_per_sample")}
+
+
+def check_carry_resume(save_dir: Path, cmd: Sequence[str]) -> None:
+    """Refuse to resume a carried-state run with another stream layout.
+
+    The training text is cut into --batch-size x world-size streams and a resumed run
+    continues "at segment N" of each; with another batch size or world size segment N
+    of stream b is another slice of text, and the run would silently change."""
+    last = save_dir / "checkpoint_last.pt"
+    if "--fwp-carry-state" not in cmd or not last.is_file():
+        return
+    before, now = carry_layout_of_checkpoint(last), carry_layout_of_command(cmd)
+    if before != now:
+        show = lambda x: (f"--batch-size {x['batch_size']} x world size {x['world_size']} = "  # noqa: E731
+                          f"{(x['batch_size'] or 0) * (x['world_size'] or 0)} streams of "
+                          f"--tokens-per-sample {x['tokens_per_sample']}")
+        raise RecipeError(f"{last} was trained with --carry over {show(before)}; this command has {show(now)}. "
+                          f"Resuming would continue at the saved segment of other streams (other slices of the "
+                          f"text), changing the experiment: use the same GPU count (FWP_NUM_GPUS="
+                          f"{before['world_size']}) and --batch-size, or --fresh to start over")
 
 
 def _is_rank0() -> bool:
@@ -562,7 +658,11 @@ def train(argv: Sequence[str]) -> int:
     _log(f"run {s.name}: {s.cfg.note}; {where}; {info['per_gpu']} sequences x {info['processes']} process(es) x "
          f"update-freq {info['update_freq']} = {s.cfg.batch} x {s.cfg.tokens_per_sample} = "
          f"{info['tokens_per_update']:,} tokens per update")
-    if a.dry_run:
+    if a.dry_run:  # the command even before the data exists: check the GPU arithmetic first
+        try:
+            data_info(data)
+        except RecipeError as e:
+            _log(f"note: the data is missing: {e}")
         print(shlex.join(cmd))
         return 0
     data_info(data)
@@ -571,15 +671,17 @@ def train(argv: Sequence[str]) -> int:
     if a.fresh and save_dir.exists() and _is_rank0():
         _log(f"--fresh: removing {save_dir}")
         shutil.rmtree(save_dir)
-    if steps.done("train", key):
+    last = save_dir / "checkpoint_last.pt"
+    if steps.done("train", key, [last]):
         _log(f"{s.name}: training finished earlier ({save_dir}/.steps/train); --fresh retrains")
         return 0
-    if (save_dir / "checkpoint_last.pt").exists():
-        _log(f"{s.name}: continuing from {save_dir / 'checkpoint_last.pt'}")
+    if last.exists():
+        check_carry_resume(save_dir, cmd)
+        _log(f"{s.name}: continuing from {last}")
     save_dir.mkdir(parents=True, exist_ok=True)
     common.run(cmd, log=save_dir / "train.log")
     if _is_rank0():
-        steps.mark("train", key)
+        steps.mark("train", key, [last])
     _log(f"{s.name}: done; checkpoints in {save_dir}")
     return 0
 

@@ -183,8 +183,11 @@ def _archive_key(path: Path) -> str:
 
 def _check_members(archive: Archive):
     def check(path: Path) -> None:
-        common.test_archive(path)
-        with tarfile.open(path) as t:
+        try:
+            common.test_archive(path)
+        except RecipeError as e:
+            raise RecipeError(f"{e} (from {archive.urls[0]})") from None
+        with common.reading_archive(path), tarfile.open(path) as t:
             names = set(t.getnames())
         missing = [m for m in archive.members.values() if m not in names]
         if missing:
@@ -207,22 +210,36 @@ def fetch_archives(data: Path, raw: Optional[Path], steps: common.Steps) -> Dict
     for a in ARCHIVES:
         if raw is not None:
             path = raw / a.file
-            key = _archive_key(path)
-            if not steps.done(f"verify-{a.file}", key):
+            if not steps.done(f"verify-{a.file}", _archive_key(path), [path]):
                 print(f"[wmt14] verifying {path}", file=sys.stderr, flush=True)
                 common.verify_file(path, check=_check_members(a))
                 if a.md5 and common._digest(path, "md5") != a.md5:
                     print(f"[wmt14] note: {a.file} is readable and has the expected files, but it is not the "
                           f"official archive (md5 differs from {a.md5}); results will not be comparable",
                           file=sys.stderr)
-                steps.mark(f"verify-{a.file}", key)
+                steps.mark(f"verify-{a.file}", _archive_key(path), [path])
         else:
             path = data / "orig" / a.file
-            if not (path.is_file() and steps.done(f"verify-{a.file}", _archive_key(path))):
+            if not (path.is_file() and steps.done(f"verify-{a.file}", _archive_key(path), [path])):
                 common.download(list(a.urls), path, md5=a.md5, check=_check_members(a))
-                steps.mark(f"verify-{a.file}", _archive_key(path))
+                steps.mark(f"verify-{a.file}", _archive_key(path), [path])
         paths[a.file] = path
     return paths
+
+
+def extract_members(archive: Archive, path: Path, dest: Path) -> Dict[str, Path]:
+    """Extract the members the recipe reads from one archive into ``dest/<member>``
+    (each written as ``.part`` and renamed when complete); {role: path}."""
+    targets = {role: dest / member for role, member in archive.members.items()}
+    with common.reading_archive(path), tarfile.open(path) as t:
+        for role, member in archive.members.items():
+            target = targets[role]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".part")
+            with t.extractfile(member) as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+            tmp.replace(target)
+    return targets
 
 
 def extract(paths: Dict[str, Path], data: Path, steps: common.Steps) -> Dict[str, Path]:
@@ -232,17 +249,10 @@ def extract(paths: Dict[str, Path], data: Path, steps: common.Steps) -> Dict[str
         dest = data / "orig" / a.file.replace(".tgz", "")
         key = _archive_key(paths[a.file])
         targets = {role: dest / member for role, member in a.members.items()}
-        if not (steps.done(f"extract-{a.file}", key) and all(p.is_file() for p in targets.values())):
+        if not steps.done(f"extract-{a.file}", key, targets.values()):
             print(f"[wmt14] extracting {', '.join(a.members.values())} from {a.file}", file=sys.stderr, flush=True)
-            with tarfile.open(paths[a.file]) as t:
-                for role, member in a.members.items():
-                    target = targets[role]
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = target.with_name(target.name + ".part")
-                    with t.extractfile(member) as fin, open(tmp, "wb") as fout:
-                        shutil.copyfileobj(fin, fout, 1 << 20)
-                    tmp.replace(target)
-            steps.mark(f"extract-{a.file}", key)
+            extract_members(a, paths[a.file], dest)
+            steps.mark(f"extract-{a.file}", key, targets.values())
         out.update(targets)
     return out
 
@@ -284,17 +294,24 @@ def count_lines(path: Path) -> int:
 _MOSES: Dict[str, tuple] = {}
 
 
-def moses_tokenize(line: str, lang: str) -> str:
-    """Moses' normalize-punctuation + remove-non-printing-char + tokenizer -a (sacremoses).
+def moses_tokenize(line: str, lang: str, normalise: bool = True) -> str:
+    """One line through Moses (sacremoses) as fairseq's ``prepare-wmt14en2de.sh`` does.
+
+    Training text (``normalise=True``): normalize-punctuation.perl, remove-non-printing-char.perl
+    and tokenizer.perl -a. Valid/test text (``normalise=False``): only ’ replaced by ' and
+    tokenizer.perl -a -- that script normalises nothing else in newstest2014 (no
+    „“ » « – … rewriting, no removal of non-printing characters), and the tokenised
+    references BLEU is scored against must be built the same way.
 
     Escaping is on (Moses' default: ``&apos;``, ``&quot;``, ...); hyphens inside words
-    become ``@-@`` (aggressive splitting, as fairseq's prepare-wmt14en2de.sh)."""
+    become ``@-@`` (aggressive splitting, ``-a``)."""
     if lang not in _MOSES:
         from sacremoses import MosesPunctNormalizer, MosesTokenizer
 
         _MOSES[lang] = (MosesPunctNormalizer(lang, post_remove_control_chars=True), MosesTokenizer(lang))
     norm, tok = _MOSES[lang]
-    text = tok.tokenize(norm.normalize(line.strip()), aggressive_dash_splits=True, escape=True, return_str=True)
+    line = norm.normalize(line.strip()) if normalise else line.strip().replace("\u2019", "'")
+    text = tok.tokenize(line, aggressive_dash_splits=True, escape=True, return_str=True)
     return " ".join(text.split())  # no stray line separators (\u2028, \x85) can break the alignment
 
 
@@ -308,11 +325,11 @@ def moses_detokenize(line: str, lang: str) -> str:
 
 
 def _tokenize_chunk(job):
-    lang, lines = job
-    return [moses_tokenize(line, lang) for line in lines]
+    (lang, normalise), lines = job
+    return [moses_tokenize(line, lang, normalise) for line in lines]
 
 
-def _chunks(lines: Iterable[str], lang: str, size: int = 20000) -> Iterator[tuple]:
+def _chunks(lines: Iterable[str], lang, size: int = 20000) -> Iterator[tuple]:
     buf = []
     for line in lines:
         buf.append(line.rstrip("\n"))
@@ -323,14 +340,15 @@ def _chunks(lines: Iterable[str], lang: str, size: int = 20000) -> Iterator[tupl
         yield lang, buf
 
 
-def tokenize_lines(lines: Iterable[str], lang: str, out: Path, workers: int) -> int:
-    """Tokenise ``lines`` into ``out`` (written as ``out.part``, renamed when complete)."""
+def tokenize_lines(lines: Iterable[str], lang: str, out: Path, workers: int, normalise: bool = True) -> int:
+    """Tokenise ``lines`` into ``out`` (written as ``out.part``, renamed when complete);
+    ``normalise``: training text (see :func:`moses_tokenize`)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
     n = 0
     with open(tmp, "w", encoding="utf-8") as f:
         if workers <= 1:
-            results = map(_tokenize_chunk, _chunks(lines, lang))
+            results = map(_tokenize_chunk, _chunks(lines, (lang, normalise)))
             for res in results:
                 f.write("".join(r + "\n" for r in res))
                 n += len(res)
@@ -338,7 +356,7 @@ def tokenize_lines(lines: Iterable[str], lang: str, out: Path, workers: int) -> 
             import multiprocessing as mp
 
             with mp.get_context("fork").Pool(workers) as pool:
-                for res in pool.imap(_tokenize_chunk, _chunks(lines, lang)):
+                for res in pool.imap(_tokenize_chunk, _chunks(lines, (lang, normalise))):
                     f.write("".join(r + "\n" for r in res))
                     n += len(res)
     tmp.replace(out)
@@ -349,6 +367,26 @@ def _read_lines(paths: Sequence[Path]) -> Iterator[str]:
     for p in paths:
         with open(p, encoding="utf-8", errors="replace", newline="\n") as f:
             yield from f
+
+
+def build_eval_sets(files: Dict[str, Path], ref: Path, tok: Path, expect: Dict[str, int]) -> None:
+    """newstest2013 (valid) and newstest2014 (test) from their .sgm files (``files``:
+    ``valid.en``, ``valid.de``, ``test.en``, ``test.de``): ``ref/SPLIT.LANG`` the raw
+    segments (what sacreBLEU scores against), ``tok/SPLIT.LANG`` = ``ref/SPLIT.tok.LANG`` the
+    text as fairseq's prepare-wmt14en2de.sh builds its test set: ’ -> ' and tokenizer.perl
+    -a, without the training text's punctuation normalisation and non-printing removal."""
+    for split in ("valid", "test"):
+        for lang in (SRC, TGT):
+            segs = read_sgm(files[f"{split}.{lang}"])
+            if len(segs) != expect[split]:
+                raise RecipeError(
+                    f"{files[f'{split}.{lang}']}: {len(segs)} segments, expected {expect[split]} "
+                    f"({'newstest2013' if split == 'valid' else 'newstest2014, the full test set'}); "
+                    f"check the archive (or --expect VALID,TEST for other data)")
+            ref.mkdir(parents=True, exist_ok=True)
+            (ref / f"{split}.{lang}").write_text("".join(x + "\n" for x in segs), encoding="utf-8")
+            tokenize_lines(segs, lang, tok / f"{split}.{lang}", 1, normalise=False)
+            shutil.copyfile(tok / f"{split}.{lang}", ref / f"{split}.tok.{lang}")
 
 
 def clean_pair(src: str, tgt: str, min_len: int = CLEAN_MIN, max_len: int = CLEAN_MAX,
@@ -453,7 +491,8 @@ def prepare(argv: Sequence[str]) -> int:
     # 1. training corpora: line-aligned per corpus, then normalise + tokenise
     tok = data / "tok"
     key = common.key_of(archive_key, "tok-v1")
-    if not steps.done("tokenize-train", key):
+    outs = [tok / f"train.{lang}" for lang in (SRC, TGT)]
+    if not steps.done("tokenize-train", key, outs):
         counts = {}
         for c in CORPORA:
             n = {lang: count_lines(files[f"{c}.{lang}"]) for lang in (SRC, TGT)}
@@ -466,81 +505,79 @@ def prepare(argv: Sequence[str]) -> int:
                   file=sys.stderr, flush=True)
             tokenize_lines(_read_lines([files[f"{c}.{lang}"] for c in CORPORA]), lang, tok / f"train.{lang}", a.workers)
         summary["train_raw"] = counts
-        steps.mark("tokenize-train", key)
+        steps.mark("tokenize-train", key, outs)
 
-    # 2. newstest2013 / newstest2014 from SGML: raw references (sacreBLEU) and tokenised text
+    # 2. newstest2013 / newstest2014 from SGML: raw references (sacreBLEU) and the
+    # tokenised text, built as fairseq's script builds its test set (’ -> ', tokenizer -a)
     ref = data / "ref"
-    if not steps.done("eval-sets", key):
-        for split in ("valid", "test"):
-            segs = {lang: read_sgm(files[f"{split}.{lang}"]) for lang in (SRC, TGT)}
-            for lang in (SRC, TGT):
-                if len(segs[lang]) != expect[split]:
-                    raise RecipeError(
-                        f"{files[f'{split}.{lang}']}: {len(segs[lang])} segments, expected {expect[split]} "
-                        f"({'newstest2013' if split == 'valid' else 'newstest2014, the full test set'}); "
-                        f"check the archive (or --expect VALID,TEST for other data)")
-                ref.mkdir(parents=True, exist_ok=True)
-                (ref / f"{split}.{lang}").write_text("".join(s + "\n" for s in segs[lang]), encoding="utf-8")
-                tokenize_lines(segs[lang], lang, tok / f"{split}.{lang}", 1)
-                shutil.copyfile(tok / f"{split}.{lang}", ref / f"{split}.tok.{lang}")
+    ekey = common.key_of(archive_key, "eval-v2-fairseq-test-protocol")
+    outs = [d / f"{split}{t}.{lang}" for split in ("valid", "test") for lang in (SRC, TGT)
+            for d, t in ((ref, ""), (ref, ".tok"), (tok, ""))]
+    if not steps.done("eval-sets", ekey, outs):
+        build_eval_sets(files, ref, tok, expect)
         summary["segments"] = {s: count_lines(ref / f"{s}.{TGT}") for s in ("valid", "test")}
-        steps.mark("eval-sets", key)
+        steps.mark("eval-sets", ekey, outs)
 
     # 3. clean the training pairs (clean-corpus-n: 1-250 tokens, ratio 1.5)
     ckey = common.key_of(key, CLEAN_MIN, CLEAN_MAX, CLEAN_RATIO)
-    if not steps.done("clean", ckey):
+    outs = [tok / f"train.clean.{lang}" for lang in (SRC, TGT)]
+    if not steps.done("clean", ckey, outs):
         kept = dropped = 0
-        outs = {lang: open(tok / f"train.clean.{lang}.part", "w", encoding="utf-8") for lang in (SRC, TGT)}
+        parts = {lang: open(tok / f"train.clean.{lang}.part", "w", encoding="utf-8") for lang in (SRC, TGT)}
         with open(tok / f"train.{SRC}", encoding="utf-8", newline="\n") as fs, \
                 open(tok / f"train.{TGT}", encoding="utf-8", newline="\n") as ft:
             for s, t in zip(fs, ft):
                 if clean_pair(s, t):
-                    outs[SRC].write(s)
-                    outs[TGT].write(t)
+                    parts[SRC].write(s)
+                    parts[TGT].write(t)
                     kept += 1
                 else:
                     dropped += 1
-        for lang, f in outs.items():
+        for lang, f in parts.items():
             f.close()
             (tok / f"train.clean.{lang}.part").replace(tok / f"train.clean.{lang}")
         summary["train_clean"] = {"kept": kept, "dropped": dropped}
         print(f"[wmt14] cleaning kept {kept} of {kept + dropped} training pairs", file=sys.stderr)
-        steps.mark("clean", ckey)
+        steps.mark("clean", ckey, outs)
 
     # 4. joined BPE, learnt on the cleaned training text of both languages, applied to all splits
     spm_prefix = data / "bpe" / "spm"
     bkey = common.key_of(ckey, a.bpe_size, a.bpe_sample)
-    if not (steps.done("learn-bpe", bkey) and spm_prefix.with_suffix(".model").is_file()):
+    outs = [spm_prefix.with_suffix(".model"), spm_prefix.with_suffix(".vocab")]
+    if not steps.done("learn-bpe", bkey, outs):
         print(f"[wmt14] learning a joined {a.bpe_size} BPE (sentencepiece)", file=sys.stderr, flush=True)
         learn_bpe([tok / f"train.clean.{SRC}", tok / f"train.clean.{TGT}"], spm_prefix, a.bpe_size,
                   a.bpe_sample, a.workers)
-        steps.mark("learn-bpe", bkey)
-    akey = common.key_of(bkey, "apply")
-    if not steps.done("apply-bpe", akey):
+        steps.mark("learn-bpe", bkey, outs)
+    akey = common.key_of(bkey, ekey, "apply")
+    outs = [data / "bpe" / f"{split}.{lang}" for split in ("train", "valid", "test") for lang in (SRC, TGT)]
+    if not steps.done("apply-bpe", akey, outs):
         for split, name in (("train", "train.clean"), ("valid", "valid"), ("test", "test")):
             for lang in (SRC, TGT):
                 apply_bpe(spm_prefix.with_suffix(".model"), tok / f"{name}.{lang}", data / "bpe" / f"{split}.{lang}",
                           a.workers)
-        steps.mark("apply-bpe", akey)
+        steps.mark("apply-bpe", akey, outs)
 
     # 5. binarise with one joined dictionary (--share-all-embeddings)
     pkey = common.key_of(akey, "preprocess")
-    if not (steps.done("binarise", pkey) and all((data / "bin" / f).is_file() for f in BIN_FILES)):
+    outs = [data / "bin" / f for f in BIN_FILES]
+    if not steps.done("binarise", pkey, outs):
         if (data / "bin").exists():
             shutil.rmtree(data / "bin")
         common.run(common.fairseq_cmd(
             "preprocess", "--source-lang", SRC, "--target-lang", TGT, "--joined-dictionary",
             "--trainpref", data / "bpe/train", "--validpref", data / "bpe/valid", "--testpref", data / "bpe/test",
             "--destdir", data / "bin", "--workers", a.workers), log=data / "preprocess.log")
-        steps.mark("binarise", pkey)
+        steps.mark("binarise", pkey, outs)
 
     import sacremoses
     import sentencepiece
 
     summary.update({
         "bin": str(data / "bin"), "dictionary_size": count_lines(data / "bin" / f"dict.{SRC}.txt"),
-        "tokeniser": f"sacremoses {getattr(sacremoses, '__version__', '?')} (normalize, remove non-printing, "
-                     f"tokenize -a, escape)",
+        "tokeniser": f"sacremoses {getattr(sacremoses, '__version__', '?')}: train normalize + remove "
+                     f"non-printing + tokenize -a; valid/test only ’->' + tokenize -a (fairseq's "
+                     f"prepare-wmt14en2de.sh); escape on",
         "bpe": f"sentencepiece {sentencepiece.__version__} bpe {a.bpe_size} joined",
     })
     (data / "prepare.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -577,13 +614,16 @@ def train_command(model: str, data: Path, save_dir: Path, extra: Sequence[str] =
 def distributed_flags(workers: int) -> List[str]:
     """fairseq's own distributed training: one node spawns a process per GPU itself; under
     torchrun it reads RANK/WORLD_SIZE/MASTER_*; under srun (one task per GPU) it builds a
-    tcp:// address from the SLURM node list and needs a port. The world size is passed
-    explicitly, since a task that sees only its own GPU would otherwise train alone."""
-    if workers <= 1:
+    tcp:// address from the SLURM node list and needs a port. The world size is always
+    passed, also for one GPU: --update-freq is computed for ``workers`` processes, and
+    without the flag fairseq 0.12 trains on every visible GPU (FWP_NUM_GPUS=1 on an
+    8-GPU machine would give 8 times the paper's tokens per update), and a task that sees
+    only its own GPU would train alone."""
+    if workers < 1:
         return []
     flags = ["--distributed-world-size", str(workers)]
     torchrun = all(k in os.environ for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK"))
-    if "SLURM_JOB_ID" in os.environ and not torchrun:
+    if workers > 1 and "SLURM_JOB_ID" in os.environ and not torchrun:
         port = os.environ.get("FWP_DISTRIBUTED_PORT") or str(10000 + int(os.environ["SLURM_JOB_ID"]) % 20000)
         flags += ["--distributed-port", port]
     return flags
@@ -597,14 +637,23 @@ def train(argv: Sequence[str]) -> int:
     a, extra = common.parse_known_args(p, argv)
     get_model(a.model)
     data = a.data.resolve()
-    check_prepared(data)
     save = save_dir_of(a)
     cmd = train_command(a.model, data, save, extra, a.precision)
-    if a.dry_run:
+    workers = common.world_size()
+    freq = update_freq(workers)
+    print(f"[wmt14] {a.model}: {'CPU' if workers == 0 else f'{workers} GPU process(es)'} x "
+          f"{PAPER_TOKENS_PER_GPU} tokens x update-freq {freq} = {max(1, workers) * PAPER_TOKENS_PER_GPU * freq:,} "
+          f"tokens per update (paper: {PAPER_TOKENS_PER_UPDATE:,})", file=sys.stderr)
+    if a.dry_run:  # the command even before the data exists: check the GPU arithmetic first
         import shlex
 
+        try:
+            check_prepared(data)
+        except RecipeError as e:
+            print(f"[wmt14] note: the data is missing: {e}", file=sys.stderr)
         print(shlex.join(cmd))
         return 0
+    check_prepared(data)
     save.mkdir(parents=True, exist_ok=True)
     rank = int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)  # one launcher per rank
     if rank == 0:
@@ -616,51 +665,81 @@ def train(argv: Sequence[str]) -> int:
 
 
 # ------------------------------------------------------------------------- evaluate
-_COMPOUND = re.compile(r"(\S)-(\S)")
+_COMPOUND = re.compile(r"(\S)-(\S)")  # perl -ple 's{(\S)-(\S)}{$1 ##AT##-##AT## $2}g'
 
 
 def compound_split(line: str) -> str:
-    """fairseq's scripts/compound_split_bleu.sh (from tensor2tensor's get_ende_bleu.sh) on
-    conventionally tokenised text: our ``-a`` tokens ``@-@`` are first joined back into the
-    word, then every ``a-b`` becomes ``a ##AT##-##AT## b``."""
-    return _COMPOUND.sub(r"\1 ##AT##-##AT## \2", line.replace(" @-@ ", "-"))
+    """The compound splitting of tensor2tensor's ``get_ende_bleu.sh`` (and of fairseq's
+    ``compound_split_bleu.sh``): every ``a-b`` becomes ``a ##AT##-##AT## b`` (non-overlapping
+    matches from the left, as perl's ``s///g``: ``1-2-3`` -> ``1 ##AT##-##AT## 2-3``)."""
+    return _COMPOUND.sub(r"\1 ##AT##-##AT## \2", line)
 
 
-def read_hypotheses(generate_txt: Path, n: int) -> List[str]:
-    """The H lines of fairseq-generate's output (BPE removed), in sentence-id order."""
-    hyps: Dict[int, str] = {}
+def compound_split_t2t(line: str) -> str:
+    """The "t2t" column: our ``-a`` tokens ``@-@`` joined back into the word (the
+    conventional Moses tokenisation tensor2tensor's ``get_ende_bleu.sh`` starts from),
+    then :func:`compound_split`: ``E @-@ Mail`` -> ``E ##AT##-##AT## Mail``."""
+    return compound_split(line.replace(" @-@ ", "-"))
+
+
+def read_generate(generate_txt: Path, n: int, kind: str = "H") -> List[str]:
+    """The ``H`` (hypothesis) or ``T`` (target) lines of fairseq-generate's output (BPE
+    removed), in sentence-id order; the text is the last tab field of an H line (after
+    its score) and everything after the id of a T line (as ``compound_split_bleu.sh``)."""
+    lines: Dict[int, str] = {}
     with open(generate_txt, encoding="utf-8") as f:
         for line in f:
-            if line.startswith("H-"):
-                head, _score, *text = line.rstrip("\n").split("\t")
-                hyps[int(head[2:])] = text[0] if text else ""
-    if sorted(hyps) != list(range(n)):
-        raise RecipeError(f"{generate_txt}: {len(hyps)} hypotheses for {n} references; generation incomplete?")
-    return [hyps[i] for i in range(n)]
+            if line.startswith(kind + "-"):
+                fields = line.rstrip("\n").split("\t")
+                text = (fields[-1] if len(fields) > 2 else "") if kind == "H" else "\t".join(fields[1:])
+                lines[int(fields[0][2:])] = text
+    if sorted(lines) != list(range(n)):
+        what = "hypotheses" if kind == "H" else "targets"
+        raise RecipeError(f"{generate_txt}: {len(lines)} {what} for {n} references; generation incomplete?")
+    return [lines[i] for i in range(n)]
 
 
-def bleu_scores(hyps_tok: List[str], refs_tok: List[str], refs_raw: List[str]) -> dict:
-    """Tokenised BLEU with compound splitting (as fairseq-score / multi-bleu) and detokenised sacreBLEU."""
+def bleu_scores(hyps_tok: List[str], refs_tok: List[str], refs_raw: List[str],
+                targets: Optional[List[str]] = None) -> dict:
+    """Three BLEU figures of the same hypotheses (the README names each protocol):
+
+    * ``tok_bleu_t2t``: hypotheses against the tokenised reference text (built as fairseq's
+      prepare-wmt14en2de.sh builds newstest2014), ``@-@`` joined back, compound split
+      (tensor2tensor get_ende_bleu.sh), multi-bleu (sacreBLEU ``tokenize="none"``);
+    * ``tok_bleu_fairseq``: fairseq's ``scripts/compound_split_bleu.sh`` taken literally
+      on fairseq-generate's H and T lines (``targets``): the regex applied to the ``-a``
+      text, so ``@-@`` becomes ``@ ##AT##-##AT## @``, T lines as fairseq prints them;
+    * ``sacrebleu``: Moses-detokenised hypotheses against the raw SGML references."""
     from sacrebleu.metrics import BLEU
 
-    tok = BLEU(tokenize="none", force=True).corpus_score(
-        [compound_split(h) for h in hyps_tok], [[compound_split(r) for r in refs_tok]])
+    def multi_bleu(hyps, refs):
+        return BLEU(tokenize="none", force=True).corpus_score(hyps, [refs])
+
+    t2t = multi_bleu([compound_split_t2t(h) for h in hyps_tok], [compound_split_t2t(r) for r in refs_tok])
+    out = {"tok_bleu_t2t": round(t2t.score, 2), "tok_t2t_detail": str(t2t)}
+    if targets is not None:
+        fs = multi_bleu([compound_split(h) for h in hyps_tok], [compound_split(t) for t in targets])
+        out.update({"tok_bleu_fairseq": round(fs.score, 2), "tok_fairseq_detail": str(fs)})
     detok_hyps = [moses_detokenize(h, TGT) for h in hyps_tok]
     metric = BLEU()
     sacre = metric.corpus_score(detok_hyps, [refs_raw])
-    return {"tok_bleu": round(tok.score, 2), "tok_detail": str(tok), "sacrebleu": round(sacre.score, 2),
-            "sacrebleu_detail": str(sacre), "signature": str(metric.get_signature()), "detok": detok_hyps}
+    return {**out, "sacrebleu": round(sacre.score, 2), "sacrebleu_detail": str(sacre),
+            "signature": str(metric.get_signature()), "detok": detok_hyps}
 
 
-RESULTS_HEADER = ["MODEL", "Table 1 column", "d_dot", "update rule", "valid: paper", "valid: ours (tok / sacre)",
-                  "test: paper", "test: ours (tok / sacre)", "checkpoint", "sacreBLEU signature"]
+RESULTS_HEADER = ["MODEL", "Table 1 column", "d_dot", "update rule", "valid: paper", "valid: ours (t2t / fairseq / sacre)",
+                  "test: paper", "test: ours (t2t / fairseq / sacre)", "checkpoint", "sacreBLEU signature"]
 RESULTS_PREAMBLE = """# WMT14 En-De (paper Table 1)
 
 BLEU with beam 4 and length penalty 0.6 (`recipes/wmt14_en_de/evaluate.sh MODEL`); valid is
-newstest2013, test newstest2014 (full, 3003 sentences). "tok" is tokenised BLEU with compound
-splitting (as fairseq's scaling_nmt), "sacre" is detokenised sacreBLEU (signature in the last
-column). The paper's Table 1 gives one BLEU figure per cell; it does not say which of the two.
-The best checkpoint by validation BLEU, no averaging. `-`: not in the paper."""
+newstest2013, test newstest2014 (full, 3003 sentences). Three figures per cell, protocols in
+recipes/wmt14_en_de/README.md ("BLEU protocols"): "t2t" = tokenised BLEU with compound
+splitting as tensor2tensor's get_ende_bleu.sh (Moses `@-@` joined back, then `a-b` ->
+`a ##AT##-##AT## b`), "fairseq" = fairseq's scripts/compound_split_bleu.sh run literally on the
+fairseq-generate output (`@-@` -> `@ ##AT##-##AT## @`), "sacre" = detokenised sacreBLEU (signature
+in the last column). The references are tokenised as fairseq's prepare-wmt14en2de.sh does
+(no punctuation normalisation). The paper's Table 1 gives one BLEU figure per cell; it does
+not say which protocol. The best checkpoint by validation BLEU, no averaging. `-`: not in the paper."""
 
 
 def evaluate(argv: Sequence[str]) -> int:
@@ -700,16 +779,21 @@ def evaluate(argv: Sequence[str]) -> int:
         common.run(cmd, log=out_dir / "generate.log")
         refs_raw = (data / "ref" / f"{split}.{TGT}").read_text(encoding="utf-8").splitlines()
         refs_tok = (data / "ref" / f"{split}.tok.{TGT}").read_text(encoding="utf-8").splitlines()
-        hyps = read_hypotheses(results_path / f"generate-{split}.txt", len(refs_raw))
-        s = bleu_scores(hyps, refs_tok, refs_raw)
+        gen = results_path / f"generate-{split}.txt"
+        hyps = read_generate(gen, len(refs_raw), "H")
+        s = bleu_scores(hyps, refs_tok, refs_raw, targets=read_generate(gen, len(refs_raw), "T"))
         (results_path / f"hyp.detok.{TGT}").write_text("".join(h + "\n" for h in s.pop("detok")), encoding="utf-8")
         scores[split] = s
-        print(f"[wmt14] {a.model} {split}: tokenised BLEU (compound split) {s['tok_bleu']:.2f}; "
+        print(f"[wmt14] {a.model} {split}: tokenised BLEU with compound splitting {s['tok_bleu_t2t']:.2f} "
+              f"(t2t get_ende_bleu.sh), {s['tok_bleu_fairseq']:.2f} (fairseq compound_split_bleu.sh); "
               f"sacreBLEU {s['sacrebleu']:.2f} ({s['signature']})", flush=True)
     (out_dir / "bleu.json").write_text(json.dumps({"model": a.model, "checkpoint": str(ckpt), **scores}, indent=1))
 
     def ours(split):
-        return f"{scores[split]['tok_bleu']:.1f} / {scores[split]['sacrebleu']:.1f}" if split in scores else "-"
+        if split not in scores:
+            return "-"
+        x = scores[split]
+        return f"{x['tok_bleu_t2t']:.1f} / {x['tok_bleu_fairseq']:.1f} / {x['sacrebleu']:.1f}"
 
     def paper(x):
         return "-" if x is None else f"{x:.1f}"
@@ -851,7 +935,9 @@ def smoke(argv: Sequence[str]) -> int:
     print(results.read_text())
     for x in models:
         b = json.loads((out / "checkpoints" / x / "eval" / "bleu.json").read_text())
-        print(f"smoke BLEU {x}: test tok {b['test']['tok_bleu']:.2f} sacre {b['test']['sacrebleu']:.2f}")
+        t = b["test"]
+        print(f"smoke BLEU {x}: test t2t {t['tok_bleu_t2t']:.2f} fairseq {t['tok_bleu_fairseq']:.2f} "
+              f"sacre {t['sacrebleu']:.2f}")
     print(f"smoke done in {time.time() - t0:.0f}s; outputs in {out}")
     return 0
 
