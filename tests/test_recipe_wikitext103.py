@@ -379,3 +379,51 @@ def test_train_rerun_and_resume(smoke, capsys):
     log = captured.out
     assert "Loaded checkpoint" in log and "@ 300 updates" in log
     assert wt.model_stats(out / "checkpoints" / "tiny-delta" / "checkpoint_last.pt")["num_updates"] == 320
+
+
+_LM_HUB = r"""
+import sys
+import torch
+out, kind, user_dir = sys.argv[1:4]
+kw = dict(checkpoint_file="checkpoint_best.pt", data_name_or_path=out + "/data-bin")
+if kind == "fwp":
+    from fairseq_fwp.models.fwp_lm import FwpLanguageModel as M
+    kw["user_dir"] = user_dir
+else:  # fairseq's own class, no plugin imported
+    from fairseq.models.transformer_lm import TransformerLanguageModel as M
+lm = M.from_pretrained(out + "/checkpoints/tiny-delta", **kw)
+for line in lm.sample(["the cat", "a dog sees"], beam=1, max_len_b=20):
+    print("GREEDY\t" + line)
+torch.manual_seed(1)
+print("SAMPLE\t" + lm.sample("the cat", sampling=True, sampling_topk=10, beam=1, max_len_b=20))
+"""
+
+
+def test_raw_text_generation(smoke):
+    """The README's commands for text from a trained LM: fairseq-interactive (greedy and
+    sampling) and FwpLanguageModel.from_pretrained(..., user_dir=...).sample(...), which
+    agree on the greedy continuation; fairseq's own class without user_dir does not know
+    the checkpoint's task (fairseq never imports the user dir a checkpoint names)."""
+    out = smoke["out"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    interactive = [str(Path(PY).with_name("fairseq-interactive")), str(out / "data-bin"), "--user-dir", common.USER_DIR,
+                   "--task", "fwp_language_modeling", "--path", str(out / "checkpoints" / "tiny-delta" / "checkpoint_best.pt"),
+                   "--beam", "1", "--max-len-b", "20", "--cpu"]
+    outputs = {}
+    for name, extra in (("greedy", []), ("sample", ["--sampling", "--sampling-topk", "10", "--seed", "1"])):
+        r = subprocess.run(interactive + extra, input="the cat\na dog sees\n", capture_output=True, text=True,
+                           env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        outputs[name] = [x.split("\t")[2] for x in r.stdout.splitlines() if x.startswith("D-")]
+    assert len(outputs["sample"]) == 2 and all(x.startswith("the cat ") for x in outputs["sample"][:1])
+    assert all(len(x.split()) > 10 for x in outputs["greedy"] + outputs["sample"])
+    r = subprocess.run([PY, "-c", _LM_HUB, str(out), "fwp", common.USER_DIR], capture_output=True, text=True,
+                       env=env, cwd="/", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    hub = [x.split("\t", 1)[1] for x in r.stdout.splitlines() if x.startswith("GREEDY\t")]
+    assert hub == outputs["greedy"]
+    sample = [x.split("\t", 1)[1] for x in r.stdout.splitlines() if x.startswith("SAMPLE\t")]
+    assert len(sample) == 1 and sample[0].startswith("the cat ") and len(sample[0].split()) > 10
+    r = subprocess.run([PY, "-c", _LM_HUB, str(out), "stock", common.USER_DIR], capture_output=True, text=True,
+                       env=env, cwd="/", timeout=300)
+    assert r.returncode != 0 and "Could not infer task type" in r.stderr and "fwp_language_modeling" in r.stderr

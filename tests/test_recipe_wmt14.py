@@ -230,9 +230,9 @@ def smoke(tmp_path_factory):
 def test_smoke_reaches_bleu(smoke):
     out, log = smoke
     for name in SMOKE_MODELS:
-        m = re.search(rf"smoke BLEU {name}: test tok ([0-9.]+) sacre ([0-9.]+)", log)
+        m = re.search(rf"smoke BLEU {name}: test t2t ([0-9.]+) fairseq ([0-9.]+) sacre ([0-9.]+)", log)
         assert m, log[-3000:]
-        assert float(m.group(1)) >= SMOKE_BLEU and float(m.group(2)) >= SMOKE_BLEU, m.group(0)
+        assert all(float(x) >= SMOKE_BLEU for x in m.groups()), m.group(0)
     table = (out / "results.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| linear ") or line.startswith("| delta ")]
     assert len(rows) == 2
@@ -242,6 +242,97 @@ def test_smoke_reaches_bleu(smoke):
         ck = out / "checkpoints" / name
         assert (ck / "checkpoint_best.pt").is_file() and (ck / "eval" / "test" / "hyp.detok.de").is_file()
         assert "best_bleu" in (ck / "train.log").read_text()  # validation BLEU every epoch
+
+
+def _bleu_json(out, name):
+    import json
+
+    return json.loads((out / "checkpoints" / name / "eval" / "bleu.json").read_text())
+
+
+def test_sacrebleu_equals_the_sacrebleu_command_line(smoke):
+    """The sacre figure is sacreBLEU on the detokenised hypotheses: the sacrebleu CLI on
+    hyp.detok.de against the raw references gives the same number and signature."""
+    out, _ = smoke
+    cli = Path(sys.executable).with_name("sacrebleu")
+    for name in SMOKE_MODELS:
+        for split in ("valid", "test"):
+            hyp = out / "checkpoints" / name / "eval" / split / "hyp.detok.de"
+            p = subprocess.run([str(cli), str(out / "data" / "ref" / f"{split}.de"), "-i", str(hyp), "-m", "bleu",
+                                "-w", "2", "-f", "text"], capture_output=True, text=True, check=True)
+            score = float(re.search(r"BLEU\|\S+ = ([0-9.]+)", p.stdout).group(1))
+            ours = _bleu_json(out, name)[split]
+            assert ours["sacrebleu"] == score, (name, split, ours["sacrebleu"], p.stdout)
+            assert p.stdout.split(" = ")[0].replace("BLEU|", "") in ours["signature"]
+
+
+@pytest.mark.skipif(shutil.which("perl") is None, reason="needs perl")
+def test_fairseq_column_is_compound_split_bleu_sh(smoke, tmp_path):
+    """The fairseq figure equals fairseq's scripts/compound_split_bleu.sh run on
+    generate-test.txt: H and T lines through the perl one-liner, then fairseq-score."""
+    out, _ = smoke
+    score = Path(sys.executable).with_name("fairseq-score")
+    split = r"s{(\S)-(\S)}{$1 ##AT##-##AT## $2}g"
+    for name in SMOKE_MODELS:
+        gen = out / "checkpoints" / name / "eval" / "test" / "generate-test.txt"
+        lines = gen.read_text(encoding="utf-8").splitlines()
+        sys_lines = [x.split("\t")[-1] for x in lines if x.startswith("H")]
+        ref_lines = ["\t".join(x.split("\t")[1:]) for x in lines if x.startswith("T")]
+        for kind, text in (("sys", sys_lines), ("ref", ref_lines)):
+            p = subprocess.run(["perl", "-CSD", "-ple", split], input="\n".join(text) + "\n",
+                               capture_output=True, text=True, check=True)
+            (tmp_path / kind).write_text(p.stdout, encoding="utf-8")
+        p = subprocess.run([str(score), "--sys", str(tmp_path / "sys"), "--ref", str(tmp_path / "ref")],
+                           capture_output=True, text=True, check=True)
+        bleu = float(re.search(r"BLEU4 = ([0-9.]+),", p.stdout).group(1))
+        assert abs(_bleu_json(out, name)["test"]["tok_bleu_fairseq"] - bleu) < 0.006, (name, p.stdout)
+
+
+_HUB = r"""
+import sys
+out, kind = sys.argv[1], sys.argv[2]
+kw = dict(checkpoint_file="checkpoint_best.pt", data_name_or_path=out + "/data/bin", tokenizer="moses",
+          bpe="sentencepiece", sentencepiece_model=out + "/data/bpe/spm.model")
+if kind == "fwp":
+    from fairseq_fwp.models.fwp_transformer import FwpTransformerModel as M
+    kw["user_dir"] = sys.argv[3]
+else:  # fairseq's own class, no plugin imported
+    from fairseq.models.transformer import TransformerModel as M
+    if kind == "stock+user_dir":
+        kw["user_dir"] = sys.argv[3]
+m = M.from_pretrained(out + "/checkpoints/linear", **kw)
+src = open(out + "/data/ref/test.en", encoding="utf-8").read().splitlines()
+for line in m.translate(src, beam=4, lenpen=0.6):
+    print("OUT\t" + line)
+"""
+
+
+def test_raw_text_translation_matches_evaluate(smoke):
+    """The README's raw-text commands: fairseq-interactive with the Moses tokenizer and the
+    recipe's SentencePiece model, and from_pretrained(..., user_dir=...).translate(...),
+    give exactly evaluate.sh's detokenised hypotheses; without user_dir fairseq's own
+    class cannot read the checkpoint (torch's weights-only loading, argparse.Namespace)."""
+    out, _ = smoke
+    data = out / "data"
+    want = (out / "checkpoints" / "linear" / "eval" / "test" / "hyp.detok.de").read_text(encoding="utf-8").splitlines()
+    interactive = Path(sys.executable).with_name("fairseq-interactive")
+    p = subprocess.run([str(interactive), str(data / "bin"), "-s", "en", "-t", "de", "--user-dir", common.USER_DIR,
+                        "--path", str(out / "checkpoints" / "linear" / "checkpoint_best.pt"), "--tokenizer", "moses",
+                        "--bpe", "sentencepiece", "--sentencepiece-model", str(data / "bpe" / "spm.model"),
+                        "--beam", "4", "--lenpen", "0.6", "--cpu", "--buffer-size", "200", "--max-tokens", "8000"],
+                       input=(data / "ref" / "test.en").read_text(encoding="utf-8"), env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    got = {int(x.split("\t")[0][2:]): x.split("\t")[2] for x in p.stdout.splitlines() if x.startswith("D-")}
+    assert [got[i] for i in range(len(want))] == want
+    for kind, ok in (("fwp", True), ("stock+user_dir", True), ("stock", False)):
+        p = subprocess.run([sys.executable, "-c", _HUB, str(out), kind, common.USER_DIR], env=ENV, cwd="/",
+                           capture_output=True, text=True, timeout=300)
+        if ok:
+            assert p.returncode == 0, (kind, p.stderr[-3000:])
+            assert [x.split("\t", 1)[1] for x in p.stdout.splitlines() if x.startswith("OUT\t")] == want, kind
+        else:
+            assert p.returncode != 0 and "Unsupported global" in p.stderr and "argparse.Namespace" in p.stderr
 
 
 def test_prepare_from_generated_archives(smoke):
@@ -254,6 +345,11 @@ def test_prepare_from_generated_archives(smoke):
     segs = re.findall(r"<seg id=\"\d+\">(.*)</seg>", sgm)
     assert (data / "ref" / "test.de").read_text().splitlines() == segs and len(segs) == counts["test"]
     assert wmt14.count_lines(data / "ref" / "valid.en") == counts["valid"]
+    for split in ("valid", "test"):  # valid/test tokenised without the training text's normalisation
+        for lang in ("en", "de"):
+            raw = (data / "ref" / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()
+            assert (data / "ref" / f"{split}.tok.{lang}").read_text(encoding="utf-8").splitlines() == \
+                [wmt14.moses_tokenize(x, lang, normalise=False) for x in raw]
     # Moses tokenisation (-a: hyphens split), cleaning drops exactly the generated bad pairs
     tok = (data / "tok" / "train.en").read_text().splitlines()
     assert len(tok) == counts["train"] and any("@-@" in line for line in tok)
