@@ -77,11 +77,21 @@ def launch_options() -> dict:
     return opts
 
 
-def tile_sizes(d_dot: int, d_value: int) -> Tuple[int, int]:
+#: Narrowest d_dot / d_value tile of the chunk kernels for float32 inputs on a GPU. On an
+#: H200 (Triton 3.6, ptxas 12.8, tf32x3 dots) 16-wide float32 tiles at chunk size 64 hit
+#: an illegal memory access (d_dot 12 and 16 failed, 24 and up passed; half precision
+#: passed at 16): float32 tiles are padded to 32 (masked, the same maths).
+MIN_TILE_FP32 = 32
+
+
+def tile_sizes(d_dot: int, d_value: int, dtype: Optional[torch.dtype] = None) -> Tuple[int, int]:
     """(BK, BV) tiles of d_dot and d_value: 32 on a GPU (shared-memory / register budget,
-    see NUM_WARPS); the interpreter gets wider tiles (fewer, larger numpy ops)."""
-    cap = 128 if is_interpreter() else 32
-    return block_size(d_dot, cap), block_size(d_value, cap)
+    see NUM_WARPS), at least :data:`MIN_TILE_FP32` for float32 inputs there; the
+    interpreter gets wider tiles (fewer, larger numpy ops)."""
+    if is_interpreter():
+        return block_size(d_dot, 128), block_size(d_value, 128)
+    lo = MIN_TILE_FP32 if dtype == torch.float32 else 16
+    return max(lo, block_size(d_dot, 32)), max(lo, block_size(d_value, 32))
 
 
 #: Largest d_dot whose whole state column (d_dot x one d_value tile) the sequential

@@ -171,7 +171,7 @@ IMPLS=triton,chunk,recurrent,fla-chunk,fla-fused-recurrent,sdpa
 [[ $REHEARSE == 1 ]] && IMPLS=triton,chunk,recurrent,sdpa
 stage bench_bf16 170 "$PY" scripts/bench_kernels.py --dtype bf16 "${BENCH[@]}" --rules delta,sum --impls $IMPLS
 
-# 4. training throughput through fairseq's Trainer (WikiText-103 small config, batch 48 x 256, bf16)
+# 4. training throughput through fairseq's Trainer (WikiText-103 small config, batch 48 x 256, fp16)
 if "$PY" -c "import fairseq" 2>/dev/null; then
     stage train 130 "$PY" scripts/bench_train.py --models transformer,linear,delta "${TRAIN[@]}"
 else

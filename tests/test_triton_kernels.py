@@ -168,14 +168,16 @@ def test_chunk_delta_rule_matches_reference(shape, init, erase, dtype):
 def test_delta_rule_state_pass_both_paths(reg_max, monkeypatch):
     """The sequential forward pass of the delta rule carries the state column in registers
     (d_dot up to REG_STATE_MAX_D_DOT) or through global memory one d_dot tile at a time.
-    Force each path at d_dot 24 with 16-wide tiles (two tiles, the second masked)."""
+    Force each path at d_dot 24 with 16-wide tiles (two tiles, the second masked); in
+    float16 on a GPU, where float32 tiles are at least triton_utils.MIN_TILE_FP32 wide."""
     import fwp_kernels.delta_rule.chunk as dr
     import fwp_kernels.triton_utils as tu
 
     monkeypatch.setattr(tu, "REG_STATE_MAX_D_DOT", reg_max)
-    monkeypatch.setattr(dr, "tile_sizes", lambda K, V: (16, 16))
+    monkeypatch.setattr(dr, "tile_sizes", lambda K, V, dtype=None: (16, 16))
     assert tu.state_block(24) == (32 if reg_max else 0)
-    test_chunk_delta_rule_matches_reference((37, 2, 1, 24, 40, 16), True, True, torch.float32)
+    dtype = torch.float16 if HAS_CUDA else torch.float32
+    test_chunk_delta_rule_matches_reference((37, 2, 1, 24, 40, 16), True, True, dtype)
 
 
 def test_literal_erase_reference_is_the_paper_delta_rule():

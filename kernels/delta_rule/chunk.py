@@ -383,7 +383,7 @@ def delta_rule_prepare(k, v, beta, erase, chunk_size):
     V = v.shape[-1]
     C = chunk_size
     NT = triton.cdiv(T, C)
-    BK, BV = tile_sizes(K, V)
+    BK, BV = tile_sizes(K, V, k.dtype)
     f32 = dict(device=k.device, dtype=torch.float32)
     x = torch.empty(B * H, NT * C, C, **f32)
     w = torch.empty(B * H, NT * C, K, **f32)
@@ -402,7 +402,7 @@ def delta_rule_states_fwd(k, w, u, h0, chunk_size):
     V = u.shape[-1]
     C = chunk_size
     NT = triton.cdiv(T, C)
-    BK, BV = tile_sizes(K, V)
+    BK, BV = tile_sizes(K, V, k.dtype)
     h = torch.empty(B * H, NT + 1, K, V, device=k.device, dtype=torch.float32)
     vnew = torch.empty(B * H, NT * C, V, device=k.device, dtype=torch.float32)
     delta_rule_state_fwd_kernel[(B * H, triton.cdiv(V, BV))](
@@ -433,7 +433,7 @@ def chunk_delta_rule_bwd(q, k, v, beta, erase, h0, do, dht, chunk_size, dq_dtype
     V = v.shape[-1]
     C = chunk_size
     NT = triton.cdiv(T, C)
-    BK, BV = tile_sizes(K, V)
+    BK, BV = tile_sizes(K, V, q.dtype)
     NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
     prec = dot_precision(k.dtype)
     c = beta if erase is None else erase

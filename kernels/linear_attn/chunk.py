@@ -238,7 +238,7 @@ def chunk_states_fwd(k, v, h0, chunk_size):
     V = v.shape[-1]
     C = chunk_size
     NT = triton.cdiv(T, C)
-    BK, BV = tile_sizes(K, V)
+    BK, BV = tile_sizes(K, V, k.dtype)
     h = torch.empty(B * H, NT + 1, K, V, device=k.device, dtype=torch.float32)
     grid = (B * H, triton.cdiv(K, BK), triton.cdiv(V, BV))
     linear_attn_state_fwd_kernel[grid](
@@ -255,7 +255,7 @@ def chunk_output_fwd(q, k, u, u_strides, h, out_dtype, chunk_size):
     V = h.shape[-1]
     C = chunk_size
     NT = triton.cdiv(T, C)
-    BK, BV = tile_sizes(K, V)
+    BK, BV = tile_sizes(K, V, q.dtype)
     o = torch.empty(T, B, H, V, device=q.device, dtype=out_dtype)
     chunk_output_kernel[(B * H, NT, triton.cdiv(V, BV))](
         q, k, u, h, o, T, H, K, V,
@@ -279,7 +279,7 @@ def chunk_state_grads_bwd(q, do, dht, K, V, chunk_size, prec):
     T, B, H, _ = q.shape
     C = chunk_size
     NT = triton.cdiv(T, C)
-    BK, BV = tile_sizes(K, V)
+    BK, BV = tile_sizes(K, V, q.dtype)
     dh = torch.empty(B * H, NT + 1, K, V, device=q.device, dtype=torch.float32)
     linear_attn_state_bwd_kernel[(B * H, triton.cdiv(K, BK), triton.cdiv(V, BV))](
         q, do, dht if dht is not None else dh, dh, T, H, K, V,
@@ -295,7 +295,7 @@ def chunk_linear_attn_bwd(q, k, v, h0, do, dht, chunk_size, dq_dtype):
     V = v.shape[-1]
     C = chunk_size
     NT = triton.cdiv(T, C)
-    BK, BV = tile_sizes(K, V)
+    BK, BV = tile_sizes(K, V, q.dtype)
     prec = dot_precision(k.dtype)
     h = chunk_states_fwd(k, v, h0, chunk_size)
     dh = chunk_state_grads_bwd(q, do, dht, K, V, chunk_size, prec)
