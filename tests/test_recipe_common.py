@@ -147,8 +147,8 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
+        type(self).sent += len(data) - start  # before the write: the client may check it as soon as it has the bytes
         self.wfile.write(data[start:])
-        type(self).sent += len(data) - start
 
 
 @pytest.fixture

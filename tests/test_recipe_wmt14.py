@@ -30,7 +30,7 @@ LAUNCH = str(ROOT / "recipes" / "launch.py")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
            FWP_USE_CURRENT_ENV="1", FWP_PYTHON=sys.executable, FWP_NUM_GPUS="0")
 SMOKE_MODELS = ("linear", "delta")
-SMOKE_BLEU = 40.0  # test BLEU after 10 epochs on the generated copy task: linear ~78, delta ~62
+SMOKE_BLEU = 40.0  # test BLEU (t2t / fairseq / sacre) after 10 epochs: linear 77.3 / 79.5 / 75.1, delta 59.9 / 64.1 / 56.5
 
 
 def launch(*args, timeout=120):

@@ -5,9 +5,10 @@ Commands (``recipes/wmt14_en_de/{prepare,train,evaluate,smoke}.sh`` -> ``main``)
 * ``prepare [--raw DIR] [--data DIR]``: the archives of fairseq's
   ``prepare-wmt14en2de.sh --icml17`` (Europarl v7, CommonCrawl, News Commentary v9) for
   training, newstest2013 (``dev.tgz``) as validation and the full newstest2014
-  (``test-full.tgz``, 3003 sentences) as test. Moses punctuation normalisation,
-  non-printing character removal and tokenisation (sacremoses, aggressive hyphen
-  splitting), clean-corpus-n filters on the training pairs (1-250 tokens, length ratio
+  (``test-full.tgz``, 3003 sentences) as test. As fairseq's prepare-wmt14en2de.sh: the
+  training text through Moses punctuation normalisation, non-printing character removal
+  and tokenisation (sacremoses, aggressive hyphen splitting), valid/test only ’ -> ' and
+  the tokeniser; clean-corpus-n filters on the training pairs (1-250 tokens, length ratio
   <= 1.5), a joined 32K BPE (sentencepiece, model_type=bpe) and
   ``fairseq-preprocess --joined-dictionary``. Every step leaves a marker, so a rerun
   skips what is finished.
@@ -16,7 +17,8 @@ Commands (``recipes/wmt14_en_de/{prepare,train,evaluate,smoke}.sh`` -> ``main``)
   fp16, validation BLEU every epoch, best checkpoint by validation BLEU. The same
   command after a kill resumes from ``checkpoint_last.pt``.
 * ``evaluate MODEL``: beam 4, length penalty 0.6 on valid and test; tokenised BLEU with
-  compound splitting and detokenised sacreBLEU; a row of ``results/wmt14.md``.
+  compound splitting in two named conventions (tensor2tensor's, fairseq's script taken
+  literally) and detokenised sacreBLEU; a row of ``results/wmt14.md``.
 * ``smoke``: the three commands end to end on generated archives, tiny models, CPU.
 """
 
