@@ -42,12 +42,20 @@ def is_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    """Operand precision of ``tl.dot`` for inputs of ``dtype`` (see module docstring)."""
+def dot_precision(dtype: torch.dtype, float32_query: bool = False) -> str:
+    """Operand precision of ``tl.dot`` for inputs of ``dtype`` (see module docstring).
+
+    ``float32_query``: q arrives in float32 next to half k, v (the attention-normalised
+    scans of :func:`fwp_kernels.fast_weight_scan`). Their dq is the difference of two
+    nearly equal float32 parts (through S^T q and through z . q) and the products then
+    involve float32 operands (the carried state, dO = dy / (z . q), the delta rule's new
+    values) that tf32 would round to 10 mantissa bits: on an H200 that gave dq errors of
+    10-33% at T = 65,536. So these scans take ``"tf32x3"`` (about float32 accurate) in
+    every kernel, forward and backward, at about three times the dot cost."""
     override = os.environ.get("FWP_TRITON_DOT_PRECISION")
     if override:
         return override
-    return "tf32x3" if dtype == torch.float32 else "tf32"
+    return "tf32x3" if dtype == torch.float32 or float32_query else "tf32"
 
 
 def block_size(d: int, cap: int) -> int:
@@ -77,20 +85,23 @@ def launch_options() -> dict:
     return opts
 
 
-#: Narrowest d_dot / d_value tile of the chunk kernels for float32 inputs on a GPU. On an
-#: H200 (Triton 3.6, ptxas 12.8, tf32x3 dots) 16-wide float32 tiles at chunk size 64 hit
-#: an illegal memory access (d_dot 12 and 16 failed, 24 and up passed; half precision
-#: passed at 16): float32 tiles are padded to 32 (masked, the same maths).
-MIN_TILE_FP32 = 32
+#: Narrowest d_dot / d_value tile on a GPU for "tf32x3" dots (float32 inputs, and the
+#: attention-normalised half-precision scans). On an H200 (Triton 3.6, ptxas 12.8) the
+#: backward dq/dk kernels (``linear_attn_dqk_kernel``, ``delta_rule_dqk_kernel``, both
+#: with a transposed C x C product) hit an illegal memory access with 16-wide tiles at
+#: chunk size 64 under tf32x3, never under "tf32" or "ieee": such tiles are padded to 32
+#: (masked; the same maths).
+MIN_TILE_TF32X3 = 32
 
 
-def tile_sizes(d_dot: int, d_value: int, dtype: Optional[torch.dtype] = None) -> Tuple[int, int]:
-    """(BK, BV) tiles of d_dot and d_value: 32 on a GPU (shared-memory / register budget,
-    see NUM_WARPS), at least :data:`MIN_TILE_FP32` for float32 inputs there; the
-    interpreter gets wider tiles (fewer, larger numpy ops)."""
+def tile_sizes(d_dot: int, d_value: int, prec: Optional[str] = None) -> Tuple[int, int]:
+    """(BK, BV) tiles of d_dot and d_value for dots of precision ``prec``: 32 on a GPU
+    (shared-memory / register budget, see NUM_WARPS), down to 16 for small sizes except
+    under "tf32x3" (:data:`MIN_TILE_TF32X3`); the interpreter gets wider tiles (fewer,
+    larger numpy ops)."""
     if is_interpreter():
         return block_size(d_dot, 128), block_size(d_value, 128)
-    lo = MIN_TILE_FP32 if dtype == torch.float32 else 16
+    lo = MIN_TILE_TF32X3 if prec == "tf32x3" else 16
     return max(lo, block_size(d_dot, 32)), max(lo, block_size(d_value, 32))
 
 

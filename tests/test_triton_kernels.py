@@ -169,12 +169,12 @@ def test_delta_rule_state_pass_both_paths(reg_max, monkeypatch):
     """The sequential forward pass of the delta rule carries the state column in registers
     (d_dot up to REG_STATE_MAX_D_DOT) or through global memory one d_dot tile at a time.
     Force each path at d_dot 24 with 16-wide tiles (two tiles, the second masked); in
-    float16 on a GPU, where float32 tiles are at least triton_utils.MIN_TILE_FP32 wide."""
+    float16 on a GPU, where tf32x3 (float32) tiles are at least triton_utils.MIN_TILE_TF32X3 wide."""
     import fwp_kernels.delta_rule.chunk as dr
     import fwp_kernels.triton_utils as tu
 
     monkeypatch.setattr(tu, "REG_STATE_MAX_D_DOT", reg_max)
-    monkeypatch.setattr(dr, "tile_sizes", lambda K, V, dtype=None: (16, 16))
+    monkeypatch.setattr(dr, "tile_sizes", lambda K, V, prec=None: (16, 16))
     assert tu.state_block(24) == (32 if reg_max else 0)
     dtype = torch.float16 if HAS_CUDA else torch.float32
     test_chunk_delta_rule_matches_reference((37, 2, 1, 24, 40, 16), True, True, dtype)
@@ -563,3 +563,33 @@ def test_every_launch_configuration(cfg, rule, dtype, monkeypatch):
     errs.update({n: rel(a, b) for n, a, b in zip(["dq", "dk", "dv", "dbeta", "derase", "dS0"], g, g_r) if b is not None})
     bad = {n: f"{e:.1e}" for n, e in errs.items() if not e < tol}
     assert not bad, f"relative errors above {tol}: {bad} (all: { {n: f'{e:.1e}' for n, e in errs.items()} })"
+
+
+def test_dot_precision_and_tiles_on_a_gpu(monkeypatch):
+    """What the H200 run showed, as policy (checked here without a GPU): tf32x3 dots for
+    float32 inputs and for a float32 q next to half k, v (the attention-normalised scans,
+    whose dq cancels: tf32 gave 10-33% dq errors at T = 65,536); tiles of tf32x3 kernels
+    at least 32 wide (16-wide ones hit an illegal memory access in the dq/dk kernels)."""
+    import fwp_kernels.linear_attn.chunk as lc
+    import fwp_kernels.triton_utils as tu
+
+    monkeypatch.delenv("FWP_TRITON_DOT_PRECISION", raising=False)
+    assert tu.dot_precision(torch.float32) == "tf32x3"
+    assert tu.dot_precision(torch.bfloat16) == "tf32"
+    assert tu.dot_precision(torch.float16, float32_query=True) == "tf32x3"
+    monkeypatch.setattr(tu, "is_interpreter", lambda: False)
+    assert tu.tile_sizes(12, 20, "tf32x3") == (32, 32)
+    assert tu.tile_sizes(12, 20, "tf32") == (16, 32)
+    assert tu.tile_sizes(512, 256, "tf32x3") == (32, 32)
+    monkeypatch.undo()
+    # the chunked kernels take the forward's precision into the backward's recomputation
+    seen = []
+    real = lc.chunk_states_fwd
+    monkeypatch.setattr(lc, "chunk_states_fwd", lambda *a: seen.append(a[-1]) or real(*a))
+    q, k, v, _, _, _ = make_inputs(20, 1, 1, 8, 8, torch.float16, seed=3)
+    q32 = q.float().requires_grad_(True)
+    o, _ = chunk_linear_attn(q32, k, v, out_dtype=torch.float32)
+    o.sum().backward()
+    o, _ = chunk_linear_attn(q.requires_grad_(True), k, v)
+    o.float().sum().backward()
+    assert seen == ["tf32x3", "tf32x3", "tf32", "tf32"]

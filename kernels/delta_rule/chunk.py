@@ -377,13 +377,13 @@ def delta_rule_dqk_kernel(
 # ------------------------------------------------------------------ host wrappers
 
 
-def delta_rule_prepare(k, v, beta, erase, chunk_size):
+def delta_rule_prepare(k, v, beta, erase, chunk_size, prec):
     """(X [B*H, T_pad, C], W [B*H, T_pad, K], U0 [B*H, T_pad, V]) float32 per chunk."""
     T, B, H, K = k.shape
     V = v.shape[-1]
     C = chunk_size
     NT = triton.cdiv(T, C)
-    BK, BV = tile_sizes(K, V, k.dtype)
+    BK, BV = tile_sizes(K, V, prec)
     f32 = dict(device=k.device, dtype=torch.float32)
     x = torch.empty(B * H, NT * C, C, **f32)
     w = torch.empty(B * H, NT * C, K, **f32)
@@ -391,54 +391,56 @@ def delta_rule_prepare(k, v, beta, erase, chunk_size):
     delta_rule_prepare_kernel[(B * H, NT)](
         k, v, beta, erase, x, w, u, T, H, K, V,
         *strides4(k), *strides4(v), *strides3(beta), *strides3(erase), NT,
-        C=C, BK=BK, BV=BV, PREC=dot_precision(k.dtype), **launch_options(),
+        C=C, BK=BK, BV=BV, PREC=prec, **launch_options(),
     )
     return x, w, u
 
 
-def delta_rule_states_fwd(k, w, u, h0, chunk_size):
+def delta_rule_states_fwd(k, w, u, h0, chunk_size, prec):
     """(h [B*H, N+1, K, V], U [B*H, T_pad, V]) float32: chunk-boundary states and new values."""
     T, B, H, K = k.shape
     V = u.shape[-1]
     C = chunk_size
     NT = triton.cdiv(T, C)
-    BK, BV = tile_sizes(K, V, k.dtype)
+    BK, BV = tile_sizes(K, V, prec)
     h = torch.empty(B * H, NT + 1, K, V, device=k.device, dtype=torch.float32)
     vnew = torch.empty(B * H, NT * C, V, device=k.device, dtype=torch.float32)
     delta_rule_state_fwd_kernel[(B * H, triton.cdiv(V, BV))](
         k, w, u, h0 if h0 is not None else h, h, vnew, T, H, K, V,
         *strides4(k), NT,
-        C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, PREC=dot_precision(k.dtype), BKH=state_block(K),
+        C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, PREC=prec, BKH=state_block(K),
         **state_pass_options(K),
     )
     return h, vnew
 
 
-def chunk_delta_rule_fwd(q, k, v, beta, erase, h0, chunk_size, out_dtype):
-    """Returns (o [T,B,H,V] in out_dtype, final state [B,H,K,V] float32). erase=None: c = beta."""
+def chunk_delta_rule_fwd(q, k, v, beta, erase, h0, chunk_size, out_dtype, prec=None):
+    """Returns (o [T,B,H,V] in out_dtype, final state [B,H,K,V] float32). erase=None: c = beta;
+    prec: the dot precision (default :func:`dot_precision` of k's dtype)."""
+    prec = prec or dot_precision(k.dtype)
     T, B, H, K = q.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, chunk_size)
-    x, w, u = delta_rule_prepare(k, v, beta, beta if erase is None else erase, chunk_size)
-    h, vnew = delta_rule_states_fwd(k, w, u, h0, chunk_size)
+    x, w, u = delta_rule_prepare(k, v, beta, beta if erase is None else erase, chunk_size, prec)
+    h, vnew = delta_rule_states_fwd(k, w, u, h0, chunk_size, prec)
     del x, w, u
-    o = chunk_output_fwd(q, k, vnew, buffer_strides4(H, NT * chunk_size, V), h, out_dtype, chunk_size)
+    o = chunk_output_fwd(q, k, vnew, buffer_strides4(H, NT * chunk_size, V), h, out_dtype, chunk_size, prec)
     return o, h[:, -1].reshape(B, H, K, V)
 
 
-def chunk_delta_rule_bwd(q, k, v, beta, erase, h0, do, dht, chunk_size, dq_dtype):
+def chunk_delta_rule_bwd(q, k, v, beta, erase, h0, do, dht, chunk_size, dq_dtype, prec=None):
     """Gradients (dq in dq_dtype, dk, dv, dbeta, derase or None, dh0) with everything
-    recomputed from the inputs and h0."""
+    recomputed from the inputs and h0 (prec: the forward's dot precision)."""
     T, B, H, K = q.shape
     V = v.shape[-1]
     C = chunk_size
     NT = triton.cdiv(T, C)
-    BK, BV = tile_sizes(K, V, q.dtype)
+    prec = prec or dot_precision(k.dtype)
+    BK, BV = tile_sizes(K, V, prec)
     NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
-    prec = dot_precision(k.dtype)
     c = beta if erase is None else erase
-    x, w, u = delta_rule_prepare(k, v, beta, c, C)
-    h, vnew = delta_rule_states_fwd(k, w, u, h0, C)
+    x, w, u = delta_rule_prepare(k, v, beta, c, C, prec)
+    h, vnew = delta_rule_states_fwd(k, w, u, h0, C, prec)
     del w, u
 
     f32 = dict(device=q.device, dtype=torch.float32)
@@ -479,8 +481,9 @@ class ChunkDeltaRuleFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, beta, erase, h0, chunk_size, out_dtype):
         ctx.set_materialize_grads(False)
         ctx.q_dtype, q = q.dtype, kernel_query(q, k)
+        ctx.prec = dot_precision(k.dtype, float32_query=ctx.q_dtype == torch.float32)
         with device_guard(q):
-            o, ht = chunk_delta_rule_fwd(q, k, v, beta, erase, h0, chunk_size, out_dtype)
+            o, ht = chunk_delta_rule_fwd(q, k, v, beta, erase, h0, chunk_size, out_dtype, ctx.prec)
         ctx.save_for_backward(q, k, v, beta, erase, h0)
         ctx.chunk_size = chunk_size
         return o, ht
@@ -494,7 +497,7 @@ class ChunkDeltaRuleFunction(torch.autograd.Function):
             dht = dht.float().contiguous()  # read as a contiguous [B*H, K, V] block
         with device_guard(q):
             dq, dk, dv, dbeta, derase, dh0 = chunk_delta_rule_bwd(
-                q, k, v, beta, erase, h0, do, dht, ctx.chunk_size, ctx.q_dtype
+                q, k, v, beta, erase, h0, do, dht, ctx.chunk_size, ctx.q_dtype, ctx.prec
             )
         return dq, dk, dv, dbeta, derase, (dh0 if h0 is not None else None), None, None
 

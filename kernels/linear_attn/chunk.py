@@ -232,45 +232,47 @@ def linear_attn_dv_kernel(
 # ------------------------------------------------------------------ host wrappers
 
 
-def chunk_states_fwd(k, v, h0, chunk_size):
+def chunk_states_fwd(k, v, h0, chunk_size, prec):
     """All chunk-boundary states ``[B*H, N+1, K, V]`` float32 of the sum rule."""
     T, B, H, K = k.shape
     V = v.shape[-1]
     C = chunk_size
     NT = triton.cdiv(T, C)
-    BK, BV = tile_sizes(K, V, k.dtype)
+    BK, BV = tile_sizes(K, V, prec)
     h = torch.empty(B * H, NT + 1, K, V, device=k.device, dtype=torch.float32)
     grid = (B * H, triton.cdiv(K, BK), triton.cdiv(V, BV))
     linear_attn_state_fwd_kernel[grid](
         k, v, h0 if h0 is not None else h, h, T, H, K, V,
         *strides4(k), *strides4(v), NT,
-        C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, PREC=dot_precision(k.dtype), **launch_options(),
+        C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, PREC=prec, **launch_options(),
     )
     return h
 
 
-def chunk_output_fwd(q, k, u, u_strides, h, out_dtype, chunk_size):
+def chunk_output_fwd(q, k, u, u_strides, h, out_dtype, chunk_size, prec):
     """O = Q h_n + tril(Q K^T) U per chunk, as a contiguous [T, B, H, V] tensor."""
     T, B, H, K = q.shape
     V = h.shape[-1]
     C = chunk_size
     NT = triton.cdiv(T, C)
-    BK, BV = tile_sizes(K, V, q.dtype)
+    BK, BV = tile_sizes(K, V, prec)
     o = torch.empty(T, B, H, V, device=q.device, dtype=out_dtype)
     chunk_output_kernel[(B * H, NT, triton.cdiv(V, BV))](
         q, k, u, h, o, T, H, K, V,
         *strides4(q), *strides4(k), *u_strides, *strides4(o), NT,
-        C=C, BK=BK, BV=BV, PREC=dot_precision(k.dtype), **launch_options(),
+        C=C, BK=BK, BV=BV, PREC=prec, **launch_options(),
     )
     return o
 
 
-def chunk_linear_attn_fwd(q, k, v, h0, chunk_size, out_dtype):
-    """Returns (o [T,B,H,V] in out_dtype, final state [B,H,K,V] float32)."""
+def chunk_linear_attn_fwd(q, k, v, h0, chunk_size, out_dtype, prec=None):
+    """Returns (o [T,B,H,V] in out_dtype, final state [B,H,K,V] float32); prec: the dot
+    precision (default :func:`dot_precision` of k's dtype)."""
+    prec = prec or dot_precision(k.dtype)
     T, B, H, K = q.shape
     V = v.shape[-1]
-    h = chunk_states_fwd(k, v, h0, chunk_size)
-    o = chunk_output_fwd(q, k, v, strides4(v), h, out_dtype, chunk_size)
+    h = chunk_states_fwd(k, v, h0, chunk_size, prec)
+    o = chunk_output_fwd(q, k, v, strides4(v), h, out_dtype, chunk_size, prec)
     return o, h[:, -1].reshape(B, H, K, V)
 
 
@@ -279,7 +281,7 @@ def chunk_state_grads_bwd(q, do, dht, K, V, chunk_size, prec):
     T, B, H, _ = q.shape
     C = chunk_size
     NT = triton.cdiv(T, C)
-    BK, BV = tile_sizes(K, V, q.dtype)
+    BK, BV = tile_sizes(K, V, prec)
     dh = torch.empty(B * H, NT + 1, K, V, device=q.device, dtype=torch.float32)
     linear_attn_state_bwd_kernel[(B * H, triton.cdiv(K, BK), triton.cdiv(V, BV))](
         q, do, dht if dht is not None else dh, dh, T, H, K, V,
@@ -289,15 +291,16 @@ def chunk_state_grads_bwd(q, do, dht, K, V, chunk_size, prec):
     return dh
 
 
-def chunk_linear_attn_bwd(q, k, v, h0, do, dht, chunk_size, dq_dtype):
-    """Gradients (dq in dq_dtype, dk, dv, dh0) of the sum rule; chunk states recomputed from h0."""
+def chunk_linear_attn_bwd(q, k, v, h0, do, dht, chunk_size, dq_dtype, prec=None):
+    """Gradients (dq in dq_dtype, dk, dv, dh0) of the sum rule; chunk states recomputed from h0
+    (prec: the forward's dot precision)."""
     T, B, H, K = q.shape
     V = v.shape[-1]
     C = chunk_size
     NT = triton.cdiv(T, C)
-    BK, BV = tile_sizes(K, V, q.dtype)
-    prec = dot_precision(k.dtype)
-    h = chunk_states_fwd(k, v, h0, chunk_size)
+    prec = prec or dot_precision(k.dtype)
+    BK, BV = tile_sizes(K, V, prec)
+    h = chunk_states_fwd(k, v, h0, chunk_size, prec)
     dh = chunk_state_grads_bwd(q, do, dht, K, V, chunk_size, prec)
     dq = torch.empty(T, B, H, K, device=q.device, dtype=dq_dtype)
     dk = torch.empty(T, B, H, K, device=q.device, dtype=k.dtype)
@@ -321,8 +324,9 @@ class ChunkLinearAttnFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, h0, chunk_size, out_dtype):
         ctx.set_materialize_grads(False)
         ctx.q_dtype, q = q.dtype, kernel_query(q, k)
+        ctx.prec = dot_precision(k.dtype, float32_query=ctx.q_dtype == torch.float32)
         with device_guard(q):
-            o, ht = chunk_linear_attn_fwd(q, k, v, h0, chunk_size, out_dtype)
+            o, ht = chunk_linear_attn_fwd(q, k, v, h0, chunk_size, out_dtype, ctx.prec)
         ctx.save_for_backward(q, k, v, h0)
         ctx.chunk_size = chunk_size
         return o, ht
@@ -335,7 +339,7 @@ class ChunkLinearAttnFunction(torch.autograd.Function):
         if dht is not None:
             dht = dht.float().contiguous()  # read as a contiguous [B*H, K, V] block
         with device_guard(q):
-            dq, dk, dv, dh0 = chunk_linear_attn_bwd(q, k, v, h0, do, dht, ctx.chunk_size, ctx.q_dtype)
+            dq, dk, dv, dh0 = chunk_linear_attn_bwd(q, k, v, h0, do, dht, ctx.chunk_size, ctx.q_dtype, ctx.prec)
         return dq, dk, dv, (dh0 if h0 is not None else None), None, None
 
 
