@@ -298,6 +298,80 @@ def test_sliding_mode_equals_brute_force_windows(data, flags, extra):
     assert loss == pytest.approx(-ref.mean().item() / math.log(2), rel=1e-4)
 
 
+def test_sliding_mode_projects_only_the_scored_positions(data):
+    """Without adaptive softmax the output projection (the full vocabulary) runs on one row per
+    window, the scored last position, not on all L positions (issue 17, item 8)."""
+    task, model, _ = setup(data, ["--fwp-eval-mode", "sliding"], tokens_per_sample=8)
+    task.load_dataset("test")
+    projected = []
+    hook = model.decoder.output_projection.register_forward_hook(lambda m, i, o: projected.append(tuple(i[0].shape)))
+    scores = _eval(task, model, "test", dict(max_tokens=40))
+    hook.remove()
+    assert projected and all(shape[1] == 1 for shape in projected), projected[:3]
+    assert sum(shape[0] for shape in projected) == len(scores) == task.dataset("test").n_targets
+    assert "output_layer" not in vars(model.decoder)  # the decoder is itself again after the evaluation
+    S = stream_of(task, "test")
+    full = _logprobs(model, S[None, :-1], S[None, 1:])[0]
+    assert not torch.allclose(scores, full)  # (windows of 8, not the whole split)
+    torch.testing.assert_close(scores[:8], full[:8], rtol=1e-5, atol=1e-6)  # the first window: every position
+
+
+def test_sliding_mode_with_output_dictionary_size(data):
+    """--output-dictionary-size 12: the model predicts the 12 most frequent symbols and every
+    other target is scored as <unk>; brute force windows with the targets mapped the same way."""
+    L, V = 8, 12
+    task, model, _ = setup(data, ["--fwp-eval-mode", "sliding", "--output-dictionary-size", str(V)], tokens_per_sample=L)
+    assert len(task.target_dictionary) == V and model.decoder.output_projection.out_features == V
+    task.load_dataset("test")
+    S = stream_of(task, "test")
+    T = S.masked_fill(S >= V, task.source_dictionary.unk())
+    assert (S >= V).sum() > len(S) // 4  # many targets outside the output vocabulary
+    model.eval()
+    ref = [_logprobs(model, S[None, :L], T[None, 1 : L + 1])[0]]
+    for j in range(1, len(S) - L):
+        ref.append(_logprobs(model, S[None, j : j + L], T[None, j + 1 : j + L + 1])[0, -1:])
+    ref = torch.cat(ref)
+    ours = _eval(task, model, "test", dict(max_tokens=40))
+    assert ours.shape == ref.shape == (len(S) - 1,)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("flags", [DELTA, SUM_NORMED], ids=["delta", "sum_attn_norm"])
+def test_carried_validation_loss_equals_brute_force(data, flags):
+    """The loss of a validation pass with --fwp-carry-state (B streams, state carried from segment
+    to segment) equals one float64 forward over each stream, cut from the valid split read
+    independently of the task. The criterion's log-softmax is float32 (fairseq): rel 1e-6."""
+    B = 3
+    task, model, criterion = setup(data, ["--fwp-carry-state", "--batch-size", str(B), "--no-token-positional-embeddings"],
+                                   model_flags=flags)
+    model.double()
+    task.load_dataset("valid")
+    split = indexed_dataset.MMapIndexedDataset(str(data / "valid"))
+    S = torch.cat([torch.tensor([task.source_dictionary.eos()])] + [split[i].long() for i in range(len(split))])
+    n = (len(S) - 1) // B  # tokens per stream; the remainder is dropped
+    model.eval()
+    with torch.no_grad():
+        ref = sum(-torch.log_softmax(model(S[None, b * n : (b + 1) * n])[0][0], -1)
+                  .gather(-1, S[b * n + 1 : (b + 1) * n + 1, None]).sum() for b in range(B))
+    assert ref.dtype == torch.float64
+    task.begin_valid_epoch(1, model)
+    total, count = 0.0, 0
+    for batch in task.get_batch_iterator(task.dataset("valid"), max_sentences=B).next_epoch_itr(shuffle=False):
+        loss, sample_size, _ = task.valid_step(batch, model, criterion)
+        total, count = total + loss.item(), count + sample_size
+    assert count == B * n
+    assert total == pytest.approx(ref.item(), rel=1e-6)
+    # and carrying matters: independent segments would score differently
+    assert abs(total - ref.item()) < 1e-3 * abs(ref.item() - _independent_segments_loss(model, S, B, n, 8))
+
+
+def _independent_segments_loss(model, S, B, n, L):
+    with torch.no_grad():
+        return sum(-torch.log_softmax(model(S[None, s : min(s + L, (b + 1) * n)])[0][0], -1)
+                   .gather(-1, S[s + 1 : min(s + L, (b + 1) * n) + 1, None]).sum().item()
+                   for b in range(B) for s in range(b * n, (b + 1) * n, L))
+
+
 @pytest.mark.parametrize("flags", [DELTA, SUM_NORMED], ids=["delta", "sum_attn_norm"])
 def test_full_mode_equals_one_pass_over_the_split(data, flags):
     task, model, _ = setup(data, ["--fwp-eval-mode", "full", "--no-token-positional-embeddings"],

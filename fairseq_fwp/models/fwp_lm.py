@@ -107,9 +107,10 @@ class FwpLanguageModel(TransformerLanguageModel):
         if limit != UNLIMITED_POSITIONS and not getattr(self, "_limit_logged", False):
             self._limit_logged = True
             logger.warning(
-                f"fwp_lm: learned positional embeddings (--decoder-learned-pos) cover {limit} positions (the --tokens-per-sample "
-                f"it was trained with), so generation stops at {limit} tokens, prefix included; models "
-                "trained with --no-token-positional-embeddings or sinusoidal positions (the default) have no length limit"
+                f"fwp_lm: learned positional embeddings (--decoder-learned-pos) cover {limit} positions (the "
+                f"--tokens-per-sample it was trained with), so generation stops after {limit - 1} tokens, prefix "
+                "included, and </s>; models trained with --no-token-positional-embeddings or sinusoidal positions "
+                "(the default) have no length limit"
             )
         return limit
 

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from fairseq.incremental_decoding_utils import with_incremental_state
 from fwp_kernels import FastWeightState
-from fwp_kernels.state import EPS
+from fwp_kernels.state import EPS, acc_dtype
 
 from .fast_weight_memory import FastWeightMemory
 
@@ -118,7 +118,8 @@ class FastWeightAttention(FastWeightMemory):
         E = self.embed_dim
         k = self.phi(self._heads(proj[..., :E]))
         v = self._heads(proj[..., E : 2 * E])
-        beta = torch.sigmoid(proj[..., 2 * E :].float()) if self.update_rule == "delta" else None  # Eq. 21
+        # Eq. 21, in float32 (float64 stays float64)
+        beta = torch.sigmoid(proj[..., 2 * E :].to(acc_dtype(proj.dtype))) if self.update_rule == "delta" else None
         if key_padding_mask is not None and key_padding_mask.any():
             pad = key_padding_mask.to(torch.bool).t()  # [T, B]
             k = k.masked_fill(pad[..., None, None], 0.0)

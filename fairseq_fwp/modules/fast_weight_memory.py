@@ -47,7 +47,7 @@ class FastWeightMemory(nn.Module):
     def phi(self, x: Tensor) -> Tensor:
         """phi (Sec. 5), sum-normalised when --fwp-sum-norm (Eq. 29).
 
-        Computed in float32, returned in x's dtype: with --fp16/--bf16 the scan gets
+        Computed in float32 (float64 for float64 x), returned in x's dtype: with --fp16/--bf16 the scan gets
         half-precision phi(q), phi(k) and v (and accumulates in float32)."""
         phi = self.feature_map.sum_normalized(x) if self.sum_norm else self.feature_map(x)
         return phi.to(x.dtype)

@@ -2,7 +2,8 @@
 
 Each is a small module behind one interface: ``d_dot`` (output size), ``forward(x)``
 (phi), ``sum_normalized(x)`` (Eq. 29) and ``redraw()`` (new random features; only
-FAVOR+ has any). Feature maps compute in float32 whatever the input dtype.
+FAVOR+ has any). Feature maps compute in float32 (float64 inputs: float64, so a float64
+model is float64 throughout and can serve as a reference).
 
 Random features are drawn once per training forward of a *model*, never inside an
 attention: the fairseq encoder and decoder call :func:`redraw_features` on themselves
@@ -18,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fwp_kernels.state import EPS
+from fwp_kernels.state import EPS, acc_dtype
 
 
 class FeatureMap(nn.Module):
@@ -52,7 +53,7 @@ class EluPlusOne(FeatureMap):
         return self.d_key
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.elu(x.float()) + 1.0
+        return F.elu(x.to(acc_dtype(x.dtype))) + 1.0
 
 
 class Dpfp(FeatureMap):
@@ -69,7 +70,7 @@ class Dpfp(FeatureMap):
         return 2 * self.nu * self.d_key
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
+        x = x.to(acc_dtype(x.dtype))
         xp = torch.cat([F.relu(x), F.relu(-x)], -1)
         return torch.cat([xp * xp.roll(j, dims=-1) for j in range(1, self.nu + 1)], -1)
 
@@ -119,8 +120,8 @@ class Favor(FeatureMap):
         self.features.copy_(self._draw(int(self.draws)).to(self.features.device))
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        proj = x @ self.features.float().t()  # the buffer is half after model.half() (--fp16)
+        x = x.to(acc_dtype(x.dtype))
+        proj = x @ self.features.to(x.dtype).t()  # the buffer is half after model.half() (--fp16)
         base = -0.5 * (x * x).sum(-1, keepdim=True) - 0.5 * math.log(2 * self.m)
         return torch.cat([proj, -proj], -1) + base
 

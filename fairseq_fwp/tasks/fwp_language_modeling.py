@@ -163,7 +163,11 @@ class FwpLanguageModelingTask(LanguageModelingTask):
                 if str(fm) == "softmax"
                 else "this model has no causal fast weight layer (an fwp_lm with --fwp-replace decoder_self is needed)"
             )
-            maps = "linear or dpfp (not favor, whose features are redrawn every training forward)" if carry else "linear, favor or dpfp"
+            maps = (
+                "linear or dpfp (not favor, whose features are redrawn every training forward)"
+                if carry
+                else "linear, favor or dpfp"
+            )
             raise FwpConfigError(
                 f"{which} carries the fast weight state of the model's layers, but {hint}; use "
                 f"--fwp-feature-map {maps} (evaluate softmax models with --fwp-eval-mode sliding)"
@@ -219,13 +223,15 @@ class FwpLanguageModelingTask(LanguageModelingTask):
         limit = max_positions if isinstance(max_positions, int) else None
         if limit is not None and L > limit:
             why = (
-                f"its learned positional embeddings (--decoder-learned-pos) cover {limit} positions (the --tokens-per-sample it was "
-                "trained with; models trained with --no-token-positional-embeddings or sinusoidal positions, "
-                "the default, have no length limit)"
+                f"its learned positional embeddings (--decoder-learned-pos) cover {limit} positions (the "
+                "--tokens-per-sample it was trained with; models trained with --no-token-positional-embeddings "
+                "or sinusoidal positions, the default, have no length limit)"
                 if any(_has_learned_positions(m) for m in self._models)
                 else f"the model reads at most {limit} positions"
             )
-            raise FwpConfigError(f"--tokens-per-sample {L} is longer than the model can read: {why}; use --tokens-per-sample {limit} or less")
+            raise FwpConfigError(
+                f"--tokens-per-sample {L} is longer than the model can read: {why}; use --tokens-per-sample {limit} or less"
+            )
 
     def _split_name(self, dataset) -> str:
         return next((name for name, d in self.datasets.items() if d is dataset), "given")
