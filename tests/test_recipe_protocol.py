@@ -307,5 +307,8 @@ def test_steps_trust_markers_only_with_their_outputs(tmp_path):
     assert not steps.done("x", "k", [out])  # cut short
     out.unlink()
     assert not steps.done("x", "k", [out])  # deleted
-    (tmp_path / ".steps" / "y").write_text("k")  # a marker of the old layout (the key only)
-    assert not steps.done("y", "k")
+    (tmp_path / ".steps" / "y").write_text("k")  # a marker of the old layout (the key only) ...
+    other = tmp_path / "other.txt"
+    assert not steps.done("y", "k", [other])  # ... is trusted only while its outputs exist
+    other.write_text("x")
+    assert steps.done("y", "k", [other]) and not steps.done("y", "k2", [other])

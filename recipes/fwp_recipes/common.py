@@ -176,11 +176,14 @@ class Steps:
         path = self.dir / name
         if not path.is_file():
             return False
+        text = path.read_text()
         try:
-            record = json.loads(path.read_text())
-        except ValueError:  # a marker of an older layout: redo the step once
-            return False
-        if not isinstance(record, dict) or record.get("key") != key:
+            record = json.loads(text)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):  # a marker of the older layout (the key only): no sizes to compare
+            return text == key and all(Path(o).is_file() for o in outputs)
+        if record.get("key") != key:
             return False
         recorded = record.get("outputs", {})
         if set(recorded) != {str(Path(o)) for o in outputs}:
@@ -300,7 +303,8 @@ def reading_archive(path):
         raise
     except ARCHIVE_ERRORS as e:
         detail = " ".join(str(e).split()) or "no detail"
-        raise RecipeError(f"{path}: broken or incomplete archive ({type(e).__name__}: {detail}); "
+        kind = type(e).__name__ if type(e).__name__ != "error" else f"{type(e).__module__}.error"  # zlib.error
+        raise RecipeError(f"{path}: broken or incomplete archive ({kind}: {detail}); "
                           f"delete it and download {Path(path).name} again") from None
 
 
