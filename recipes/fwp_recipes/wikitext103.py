@@ -561,19 +561,16 @@ def carry_streams(s: Setting, workers: int, max_per_gpu: int, extra: Sequence[st
     them is refused with the counts (or --max-per-gpu) that can."""
     streams, L = s.cfg.batch, s.cfg.tokens_per_sample
     w = max(1, workers)
-    for i, x in enumerate(extra):
-        value = extra[i + 1] if x == "--update-freq" and i + 1 < len(extra) else \
-            x.split("=", 1)[1] if x.startswith("--update-freq=") else None
-        if value is not None and value.strip() != "1":
-            raise RecipeError(f"--update-freq {value} with --carry: the carried streams are the batch; accumulation "
-                              f"would make {streams} streams consecutive segments of fewer streams (drop --update-freq)")
+    freq = _last_value(extra, "--update-freq")
+    if freq is not None and freq.strip() != "1":
+        raise RecipeError(f"--update-freq {freq} with --carry: the carried streams are the batch; accumulation "
+                          f"would make {streams} streams consecutive segments of fewer streams (drop --update-freq)")
+    ok = ", ".join(str(d) for d in _divisors(streams) if streams // d <= max_per_gpu)
     if streams % w:
-        ok = ", ".join(str(d) for d in _divisors(streams) if streams // d <= max_per_gpu)
         raise RecipeError(f"--carry keeps the paper's {streams} streams in every update (one segment each), which "
                           f"{w} processes cannot share evenly; process counts that can: {ok} (set FWP_NUM_GPUS)")
     per = streams // w
     if per > max_per_gpu:
-        ok = ", ".join(str(d) for d in _divisors(streams) if streams // d <= max_per_gpu)
         raise RecipeError(f"--carry keeps the paper's {streams} streams in every update (one segment each, no "
                           f"--update-freq), so {w} process(es) must hold {per} sequences of {L} tokens each, above "
                           f"--max-per-gpu {max_per_gpu} (what a 16 GB V100 holds); use {ok} processes, or "
