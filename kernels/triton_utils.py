@@ -63,25 +63,33 @@ def block_size(d: int, cap: int) -> int:
     return max(16, min(cap, triton.next_power_of_2(d)))
 
 
-#: Warps per program of the chunk kernels. With 32-wide tiles and C = 64 every kernel
-#: fits H100 shared memory (largest: delta_rule_dqk_kernel, 100 KiB in fp32) and the
-#: fp16/bf16 kernels compile without register spills (ptxas, sm_90; measured without a
-#: GPU by compiling to cubin). Untuned: GPU autotuning is still owed.
-NUM_WARPS = 8
+#: Warps per program and software-pipelining depth of the chunk kernels (None: Triton's
+#: default for the target) when both tiles are 32 wide. Chosen on an H200
+#: (scripts/tune_kernels.py, bf16, T = 8192, d_dot 64, 16K tokens; docs/benchmarks.md):
+#: 4 warps and 3 stages ran the delta rule's forward+backward in 2.68 ms against 4.00 ms
+#: with 8 warps (the sum rule within noise, 1.04 vs 1.05 ms), and passed every value and
+#: gradient check there (tests/test_triton_kernels.py::test_every_launch_configuration).
+NUM_WARPS = 4
+NUM_STAGES: Optional[int] = 3
 
-#: Software-pipelining depth of the chunk kernels' loops; None = Triton's default for the
-#: target (3 on sm_80/sm_90). The delta rule's register-state pass has its own depth
-#: (:data:`REG_STATE_STAGES`).
-NUM_STAGES: Optional[int] = None
+#: The same for a 16-wide tile (d_dot or d_value <= 16 in half precision): the
+#: configuration the whole suite passed with on the H200. 4 warps on 16-wide tiles have
+#: not run on a GPU yet (fla met a num_warps=4 miscompile at chunk 64, fla #984), so they
+#: stay at 8 until test_every_launch_configuration's narrow cases pass on one.
+NARROW_NUM_WARPS = 8
+NARROW_NUM_STAGES: Optional[int] = None
 
 
-def launch_options() -> dict:
-    """``num_warps`` / ``num_stages`` of every chunk-kernel launch, read at launch time from
-    :data:`NUM_WARPS` and :data:`NUM_STAGES` (so tests and ``scripts/tune_kernels.py`` can
-    run the kernels under every configuration; the interpreter ignores both)."""
-    opts = {"num_warps": NUM_WARPS}
-    if NUM_STAGES is not None:
-        opts["num_stages"] = NUM_STAGES
+def launch_options(BK: int = 32, BV: int = 32) -> dict:
+    """``num_warps`` / ``num_stages`` of a chunk-kernel launch with tiles BK x BV, read at
+    launch time from :data:`NUM_WARPS` / :data:`NUM_STAGES` (both tiles 32 wide) or
+    :data:`NARROW_NUM_WARPS` / :data:`NARROW_NUM_STAGES` (a 16-wide tile), so tests and
+    ``scripts/tune_kernels.py`` can run every configuration; the interpreter ignores both."""
+    narrow = min(BK, BV) < 32
+    warps, stages = (NARROW_NUM_WARPS, NARROW_NUM_STAGES) if narrow else (NUM_WARPS, NUM_STAGES)
+    opts = {"num_warps": warps}
+    if stages is not None:
+        opts["num_stages"] = stages
     return opts
 
 
@@ -115,8 +123,10 @@ def tile_sizes(d_dot: int, d_value: int, prec: Optional[str] = None) -> Tuple[in
 REG_STATE_MAX_D_DOT = 64
 
 #: Software-pipelining depth of the register-state forward pass (prefetches the next
-#: chunk's W, U0 and K while this chunk's products run).
-REG_STATE_STAGES = 2
+#: chunk's W, U0 and K while this chunk's products run): 3 with 32-wide tiles (tuned with
+#: NUM_WARPS = 4 on the H200), 2 with a 16-wide tile (as tested there).
+REG_STATE_STAGES = 3
+NARROW_REG_STATE_STAGES = 2
 
 
 def state_block(d_dot: int) -> int:
@@ -125,12 +135,13 @@ def state_block(d_dot: int) -> int:
     return block_size(d_dot, REG_STATE_MAX_D_DOT) if d_dot <= REG_STATE_MAX_D_DOT else 0
 
 
-def state_pass_options(d_dot: int) -> dict:
+def state_pass_options(d_dot: int, BK: int = 32, BV: int = 32) -> dict:
     """Launch options of the delta-rule state forward pass: :func:`launch_options`, with
-    ``num_stages`` = :data:`REG_STATE_STAGES` on the register path."""
-    opts = launch_options()
+    ``num_stages`` = :data:`REG_STATE_STAGES` (:data:`NARROW_REG_STATE_STAGES` for a
+    16-wide tile) on the register path."""
+    opts = launch_options(BK, BV)
     if state_block(d_dot):
-        opts["num_stages"] = REG_STATE_STAGES
+        opts["num_stages"] = NARROW_REG_STATE_STAGES if min(BK, BV) < 32 else REG_STATE_STAGES
     return opts
 
 

@@ -66,7 +66,7 @@ def run_one(name: str, a) -> dict:
     """Build the model with fairseq, time ``a.steps`` train steps; returns the measurements."""
     import torch
     from fairseq import options, tasks, utils
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    import fairseq.dataclass.utils as du
     from fairseq.trainer import Trainer
 
     setting = wt.parse_setting(MODELS[name][0])
@@ -86,7 +86,7 @@ def run_one(name: str, a) -> dict:
         elif a.precision != "fp32":
             argv.append(f"--{a.precision}")
         args = options.parse_args_and_arch(options.get_training_parser(), argv)
-        cfg = convert_namespace_to_omegaconf(args)
+        cfg = du.convert_namespace_to_omegaconf(args)  # looked up after the plugin's import (bf16_compat)
         utils.import_user_module(cfg.common)
         task = tasks.setup_task(cfg.task)
         model = task.build_model(cfg.model)
@@ -134,9 +134,8 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default=None,
-                   help="GPU precision (default fp16: fairseq 0.12's --bf16 turns on --tpu, and its "
-                        "Trainer then fails on a GPU with 'NoneType' object has no attribute 'xla_device'); "
-                        "CPU is fp32")
+                   help="GPU precision (default fp16, as measured in docs/benchmarks.md; bf16 needs the "
+                        "plugin's bf16_compat, since fairseq 0.12 alone turns --bf16 into --tpu); CPU is fp32")
     p.add_argument("--batch", type=int, default=None, help="sequences of 256 tokens per step (GPU 48, CPU 2)")
     p.add_argument("--steps", type=int, default=None, help="timed updates (GPU 20, CPU 6)")
     p.add_argument("--warmup", type=int, default=None, help="untimed updates first (GPU 5, CPU 2)")

@@ -23,7 +23,7 @@ import torch
 
 import bench_kernels as bk
 
-def configurations(rule: str, d_dot: int) -> List[Tuple[int, Optional[int], str]]:
+def configurations(rule: str, d_dot: int, d_value: int, dtype) -> List[Tuple[int, Optional[int], str]]:
     """(num_warps, num_stages or None = Triton's default, state path) in the order they are
     timed: today's default first, then the alternatives. The state path ("registers" /
     "global") matters only for the delta rule; the sum rule's rows have "-"."""
@@ -31,7 +31,8 @@ def configurations(rule: str, d_dot: int) -> List[Tuple[int, Optional[int], str]
 
     reg_default = "registers" if d_dot <= tu.REG_STATE_MAX_D_DOT else "global"
     path = reg_default if rule == "delta" else "-"
-    rows = [(tu.NUM_WARPS, tu.NUM_STAGES, path)]
+    default = tu.launch_options(*tu.tile_sizes(d_dot, d_value, tu.dot_precision(dtype)))
+    rows = [(default["num_warps"], default.get("num_stages"), path)]
     for warps in (4, 8):
         for stages in (1, 2, 3):
             if (warps, stages, path) not in rows:
@@ -39,7 +40,7 @@ def configurations(rule: str, d_dot: int) -> List[Tuple[int, Optional[int], str]
     if rule == "delta":
         other = "global" if reg_default == "registers" else "registers"
         if other == "global" or d_dot <= 128:  # registers above 128 spill heavily (kernel_resources.py)
-            rows.append((tu.NUM_WARPS, tu.NUM_STAGES, other))
+            rows.append(rows[0][:2] + (other,))
     return rows
 
 
@@ -48,12 +49,19 @@ def apply(cfg, d_dot):
     import fwp_kernels.triton_utils as tu
 
     warps, stages, path = cfg
-    tu.NUM_WARPS, tu.NUM_STAGES = warps, stages
+    for prefix in ("", "NARROW_"):  # 32- and 16-wide tiles alike
+        setattr(tu, prefix + "NUM_WARPS", warps)
+        setattr(tu, prefix + "NUM_STAGES", stages)
+        if path == "registers":
+            setattr(tu, prefix + "REG_STATE_STAGES", stages or 2)
     if path == "registers":
         tu.REG_STATE_MAX_D_DOT = max(d_dot, 16)
-        tu.REG_STATE_STAGES = stages or 2
     elif path == "global":
         tu.REG_STATE_MAX_D_DOT = 0
+
+
+SAVED = ("NUM_WARPS", "NUM_STAGES", "REG_STATE_STAGES", "NARROW_NUM_WARPS", "NARROW_NUM_STAGES",
+         "NARROW_REG_STATE_STAGES", "REG_STATE_MAX_D_DOT")
 
 
 def main(argv=None) -> int:
@@ -71,14 +79,14 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     import fwp_kernels.triton_utils as tu
 
-    saved = (tu.NUM_WARPS, tu.NUM_STAGES, tu.REG_STATE_MAX_D_DOT, tu.REG_STATE_STAGES)
+    saved = {name: getattr(tu, name) for name in SAVED}
     device = torch.device(a.device)
     T, B, H = a.t, max(1, a.tokens // a.t), a.model_dim // a.d_head
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (interpreter)"
     print(f"# device: {dev_name}, dtype {a.dtype}; {bk.versions_line(bk.Fla({}, None, 'fla not used'))[2:]}")
     print(f"# T {T}, B {B}, H {H}, d_head {a.d_head}, d_dot {a.d_dot}; medians of {a.reps} in ms; "
-          f"default: warps {saved[0]}, stages {saved[1] or 'triton default'}, "
-          f"registers up to d_dot {saved[2]} (stages {saved[3]})")
+          f"default: {tu.launch_options(*tu.tile_sizes(a.d_dot, a.d_head, tu.dot_precision(bk.DTYPES[a.dtype])))}, "
+          f"registers up to d_dot {saved['REG_STATE_MAX_D_DOT']}")
     print()
     head = ["rule", "warps", "stages", "state pass", "fwd ms", "fwd+bwd ms", "x default (fwd+bwd)", "rel err", "note"]
     bk.print_table(head, [])
@@ -89,12 +97,13 @@ def main(argv=None) -> int:
         args = argparse.Namespace(dtype=a.dtype, warmup=a.warmup, reps=a.reps, recurrent_max_t=0,
                                   no_backward=False)
         base = None
-        for i, cfg in enumerate(configurations(rule, a.d_dot)):
+        for i, cfg in enumerate(configurations(rule, a.d_dot, a.d_head, bk.DTYPES[a.dtype])):
             apply(cfg, a.d_dot)
             try:
                 res = bk.run_case("triton", rule, inputs, ref, args, device, bk.Fla({}, None, "unused"))
             finally:
-                tu.NUM_WARPS, tu.NUM_STAGES, tu.REG_STATE_MAX_D_DOT, tu.REG_STATE_STAGES = saved
+                for name, value in saved.items():
+                    setattr(tu, name, value)
             if i == 0:
                 base = res.t_fb
             speed = None if base is None or res.t_fb is None else base / res.t_fb

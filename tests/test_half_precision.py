@@ -231,7 +231,9 @@ def test_kernels_store_the_requested_output_dtype():
         o32, o16 = run(q, torch.float32), run(q, None)
         assert o32.dtype == torch.float32 and o16.dtype == torch.float16, name
         assert rel(o16, o32) < 2.0 ** -11, name  # the same float32 accumulator, rounded once
-        assert rel(run(q.float(), torch.float32), o32) < 1e-6, name  # float32 q: the same values
+        # float32 q: the same values up to the dot precision (a float32 q is the attention-normalised
+        # case and runs tf32x3 dots on a GPU, half q tf32: 4.9e-4 apart on the H200; equal in the interpreter)
+        assert rel(run(q.float(), torch.float32), o32) < 2.0 ** -9, name
         with pytest.raises(TypeError, match="out_dtype"):
             run(q, torch.int32)
     q32 = q.float().requires_grad_(True)

@@ -522,28 +522,33 @@ def test_model_sizes_on_gpu(shape, rule, dtype):
 # interpreter ignores warps and stages, so on CPU one configuration runs, to keep the
 # option plumbing (triton_utils.launch_options, read at every launch) exercised.
 LAUNCH_CONFIGS = [(64, w, s) for w in (4, 8) for s in (1, 2, 3)] + [(C, w, None) for C in (16, 32) for w in (4, 8)]
+# Sizes: d_dot = d_value = 64 (32-wide tiles, the register path's size) and, in bf16 at
+# chunk 64, d_dot = d_value = 16 (16-wide tiles: the WikiText-103 models' head size,
+# launched with the NARROW_* options).
 LAUNCH_CASES = [
-    pytest.param(cfg, rule, dtype, id="C{}-w{}-s{}-{}-{}".format(*cfg, rule, str(dtype)[6:]))
+    pytest.param(cfg, rule, dtype, width, id="C{}-w{}-s{}-{}-{}-d{}".format(*cfg, rule, str(dtype)[6:], width))
     for cfg in (LAUNCH_CONFIGS if HAS_CUDA else LAUNCH_CONFIGS[:1])
     for rule in ("sum", "delta-registers", "delta-global+erase")
-    for dtype in ((torch.bfloat16, torch.float32) if HAS_CUDA and cfg[0] == 64 else
-                  (torch.bfloat16,) if HAS_CUDA else (torch.float32,))
+    for dtype, width in (((torch.bfloat16, 64), (torch.float32, 64), (torch.bfloat16, 16)) if HAS_CUDA and cfg[0] == 64
+                         else ((torch.bfloat16, 64),) if HAS_CUDA else ((torch.float32, 16),))
 ]
 
 
-@pytest.mark.parametrize("cfg,rule,dtype", LAUNCH_CASES)
-def test_every_launch_configuration(cfg, rule, dtype, monkeypatch):
+@pytest.mark.parametrize("cfg,rule,dtype,width", LAUNCH_CASES)
+def test_every_launch_configuration(cfg, rule, dtype, width, monkeypatch):
     from fwp_kernels.chunk_torch import chunk_delta_rule_torch, chunk_linear_attn_torch
     import fwp_kernels.triton_utils as tu
 
     C, warps, stages = cfg
-    monkeypatch.setattr(tu, "NUM_WARPS", warps)
-    monkeypatch.setattr(tu, "NUM_STAGES", stages)
-    monkeypatch.setattr(tu, "REG_STATE_STAGES", stages or tu.REG_STATE_STAGES)
+    for prefix in ("", "NARROW_"):  # the configuration applies to 32- and 16-wide tiles alike
+        monkeypatch.setattr(tu, prefix + "NUM_WARPS", warps)
+        monkeypatch.setattr(tu, prefix + "NUM_STAGES", stages)
+        monkeypatch.setattr(tu, prefix + "REG_STATE_STAGES", stages or getattr(tu, prefix + "REG_STATE_STAGES"))
     monkeypatch.setattr(tu, "REG_STATE_MAX_D_DOT", 64 if rule == "delta-registers" else 0)
-    assert tu.launch_options() == dict(num_warps=warps, **({} if stages is None else {"num_stages": stages}))
-    # T = 5 chunks of 64 and a 13-token tail; d_dot 64 (the register path's size), init state
-    T, B, H, K, V = (333, 2, 2, 64, 64) if HAS_CUDA else (70, 1, 1, 16, 16)
+    want = dict(num_warps=warps, **({} if stages is None else {"num_stages": stages}))
+    assert tu.launch_options(32, 32) == tu.launch_options(16, 32) == want
+    # T = 5 chunks of 64 and a 13-token tail, init state
+    T, B, H, K, V = (333, 2, 2, width, width) if HAS_CUDA else (70, 1, 1, 16, 16)
     erase = rule.endswith("erase")
     q, k, v, beta, c, S0 = make_inputs(T, B, H, K, V, dtype, seed=C + warps + (stages or 0), init=True, erase=erase)
     if rule == "sum":
@@ -593,3 +598,16 @@ def test_dot_precision_and_tiles_on_a_gpu(monkeypatch):
     o, _ = chunk_linear_attn(q.requires_grad_(True), k, v)
     o.float().sum().backward()
     assert seen == ["tf32x3", "tf32x3", "tf32", "tf32"]
+
+
+def test_launch_options_by_tile_width(monkeypatch):
+    """32-wide tiles launch with the tuned NUM_WARPS / NUM_STAGES, a 16-wide tile with the
+    NARROW_* options; the delta rule's register-state pass with its own depth."""
+    import fwp_kernels.triton_utils as tu
+
+    assert tu.launch_options(32, 32) == {"num_warps": tu.NUM_WARPS, "num_stages": tu.NUM_STAGES}
+    narrow = tu.launch_options(16, 32)
+    assert narrow["num_warps"] == tu.NARROW_NUM_WARPS and narrow.get("num_stages") == tu.NARROW_NUM_STAGES
+    assert tu.state_pass_options(64, 32, 32)["num_stages"] == tu.REG_STATE_STAGES
+    assert tu.state_pass_options(16, 16, 16)["num_stages"] == tu.NARROW_REG_STATE_STAGES
+    assert tu.state_pass_options(128, 32, 32) == tu.launch_options(32, 32)  # global-memory path

@@ -391,7 +391,7 @@ def delta_rule_prepare(k, v, beta, erase, chunk_size, prec):
     delta_rule_prepare_kernel[(B * H, NT)](
         k, v, beta, erase, x, w, u, T, H, K, V,
         *strides4(k), *strides4(v), *strides3(beta), *strides3(erase), NT,
-        C=C, BK=BK, BV=BV, PREC=prec, **launch_options(),
+        C=C, BK=BK, BV=BV, PREC=prec, **launch_options(BK, BV),
     )
     return x, w, u
 
@@ -409,7 +409,7 @@ def delta_rule_states_fwd(k, w, u, h0, chunk_size, prec):
         k, w, u, h0 if h0 is not None else h, h, vnew, T, H, K, V,
         *strides4(k), NT,
         C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, PREC=prec, BKH=state_block(K),
-        **state_pass_options(K),
+        **state_pass_options(K, BK, BV),
     )
     return h, vnew
 
@@ -453,7 +453,7 @@ def chunk_delta_rule_bwd(q, k, v, beta, erase, h0, do, dht, chunk_size, dq_dtype
         T, H, K, V,
         *strides4(q), *strides4(k), *strides4(v), *strides3(beta), *strides3(c), *strides4(do),
         B * H * V, NT,
-        C=C, BK=BK, BV=BV, HAS_DHT=dht is not None, PREC=prec, **launch_options(),
+        C=C, BK=BK, BV=BV, HAS_DHT=dht is not None, PREC=prec, **launch_options(BK, BV),
     )
     del x
     dq = torch.empty(T, B, H, K, device=q.device, dtype=dq_dtype)
@@ -464,7 +464,7 @@ def chunk_delta_rule_bwd(q, k, v, beta, erase, h0, do, dht, chunk_size, dq_dtype
         T, H, K, V,
         *strides4(q), *strides4(k), *strides3(c), *strides4(do),
         B * H * K, NT,
-        C=C, BK=BK, BV=BV, PREC=prec, **launch_options(),
+        C=C, BK=BK, BV=BV, PREC=prec, **launch_options(BK, BV),
     )
     dbeta = chunked_to_time_major(dbeta_part.sum(0), B, H, T)
     dc = chunked_to_time_major(dc_part.sum(0), B, H, T)

@@ -244,7 +244,7 @@ def chunk_states_fwd(k, v, h0, chunk_size, prec):
     linear_attn_state_fwd_kernel[grid](
         k, v, h0 if h0 is not None else h, h, T, H, K, V,
         *strides4(k), *strides4(v), NT,
-        C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, PREC=prec, **launch_options(),
+        C=C, BK=BK, BV=BV, HAS_H0=h0 is not None, PREC=prec, **launch_options(BK, BV),
     )
     return h
 
@@ -260,7 +260,7 @@ def chunk_output_fwd(q, k, u, u_strides, h, out_dtype, chunk_size, prec):
     chunk_output_kernel[(B * H, NT, triton.cdiv(V, BV))](
         q, k, u, h, o, T, H, K, V,
         *strides4(q), *strides4(k), *u_strides, *strides4(o), NT,
-        C=C, BK=BK, BV=BV, PREC=prec, **launch_options(),
+        C=C, BK=BK, BV=BV, PREC=prec, **launch_options(BK, BV),
     )
     return o
 
@@ -286,7 +286,7 @@ def chunk_state_grads_bwd(q, do, dht, K, V, chunk_size, prec):
     linear_attn_state_bwd_kernel[(B * H, triton.cdiv(K, BK), triton.cdiv(V, BV))](
         q, do, dht if dht is not None else dh, dh, T, H, K, V,
         *strides4(q), *strides4(do), NT,
-        C=C, BK=BK, BV=BV, HAS_DHT=dht is not None, PREC=prec, **launch_options(),
+        C=C, BK=BK, BV=BV, HAS_DHT=dht is not None, PREC=prec, **launch_options(BK, BV),
     )
     return dh
 
@@ -308,12 +308,12 @@ def chunk_linear_attn_bwd(q, k, v, h0, do, dht, chunk_size, dq_dtype, prec=None)
     linear_attn_dqk_kernel[(B * H, NT, triton.cdiv(K, BK))](
         q, k, v, do, h, dh, dq, dk, T, H, K, V,
         *strides4(q), *strides4(k), *strides4(v), *strides4(do), B * H * K, NT,
-        C=C, BK=BK, BV=BV, PREC=prec, **launch_options(),
+        C=C, BK=BK, BV=BV, PREC=prec, **launch_options(BK, BV),
     )
     linear_attn_dv_kernel[(B * H, NT, triton.cdiv(V, BV))](
         q, k, do, dh, dv, T, H, K, V,
         *strides4(q), *strides4(k), *strides4(do), B * H * V, NT,
-        C=C, BK=BK, BV=BV, PREC=prec, **launch_options(),
+        C=C, BK=BK, BV=BV, PREC=prec, **launch_options(BK, BV),
     )
     dh0 = dh[:, 0].reshape(B, H, K, V)
     return dq, dk, dv, dh0
