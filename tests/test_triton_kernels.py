@@ -525,17 +525,20 @@ LAUNCH_CONFIGS = [(64, w, s) for w in (4, 8) for s in (1, 2, 3)] + [(C, w, None)
 # Sizes: d_dot = d_value = 64 (32-wide tiles, the register path's size) and, in bf16 at
 # chunk 64, d_dot = d_value = 16 (16-wide tiles: the WikiText-103 models' head size,
 # launched with the NARROW_* options).
+# T: 5 chunks of 64 and a 13-token tail (333), and, in bf16 at d_dot 64, exactly 5 chunks
+# (320: Triton compiles integer arguments divisible by 16 into another variant).
 LAUNCH_CASES = [
-    pytest.param(cfg, rule, dtype, width, id="C{}-w{}-s{}-{}-{}-d{}".format(*cfg, rule, str(dtype)[6:], width))
+    pytest.param(cfg, rule, dtype, width, T, id="C{}-w{}-s{}-{}-{}-d{}-T{}".format(*cfg, rule, str(dtype)[6:], width, T))
     for cfg in (LAUNCH_CONFIGS if HAS_CUDA else LAUNCH_CONFIGS[:1])
     for rule in ("sum", "delta-registers", "delta-global+erase")
-    for dtype, width in (((torch.bfloat16, 64), (torch.float32, 64), (torch.bfloat16, 16)) if HAS_CUDA and cfg[0] == 64
-                         else ((torch.bfloat16, 64),) if HAS_CUDA else ((torch.float32, 16),))
+    for dtype, width, T in (((torch.bfloat16, 64, 333), (torch.bfloat16, 64, 320), (torch.float32, 64, 333),
+                             (torch.bfloat16, 16, 333)) if HAS_CUDA and cfg[0] == 64
+                            else ((torch.bfloat16, 64, 333),) if HAS_CUDA else ((torch.float32, 16, 70),))
 ]
 
 
-@pytest.mark.parametrize("cfg,rule,dtype,width", LAUNCH_CASES)
-def test_every_launch_configuration(cfg, rule, dtype, width, monkeypatch):
+@pytest.mark.parametrize("cfg,rule,dtype,width,T", LAUNCH_CASES)
+def test_every_launch_configuration(cfg, rule, dtype, width, T, monkeypatch):
     from fwp_kernels.chunk_torch import chunk_delta_rule_torch, chunk_linear_attn_torch
     import fwp_kernels.triton_utils as tu
 
@@ -547,8 +550,7 @@ def test_every_launch_configuration(cfg, rule, dtype, width, monkeypatch):
     monkeypatch.setattr(tu, "REG_STATE_MAX_D_DOT", 64 if rule == "delta-registers" else 0)
     want = dict(num_warps=warps, **({} if stages is None else {"num_stages": stages}))
     assert tu.launch_options(32, 32) == tu.launch_options(16, 32) == want
-    # T = 5 chunks of 64 and a 13-token tail, init state
-    T, B, H, K, V = (333, 2, 2, width, width) if HAS_CUDA else (70, 1, 1, 16, 16)
+    B, H, K, V = (2, 2, width, width) if HAS_CUDA else (1, 1, 16, 16)  # with an initial state
     erase = rule.endswith("erase")
     q, k, v, beta, c, S0 = make_inputs(T, B, H, K, V, dtype, seed=C + warps + (stages or 0), init=True, erase=erase)
     if rule == "sum":
