@@ -40,9 +40,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 USER_DIR = str(ROOT / "fairseq_fwp")
-sys.path.insert(0, str(ROOT / "recipes"))
 
-DECODERS = ("transformer", "linear", "delta", "dpfp-256")
+# the WMT14 recipe's names (d_key 64 at the default --dim 256 / --heads 4)
+DECODERS = {"transformer": ("softmax", {}), "linear": ("linear", {}), "delta": ("delta", {}),
+            "dpfp-256": ("dpfp", {"nu": 2})}
 TRANSLATED = re.compile(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([0-9.]+)s "
                         r"\(([0-9.]+) sentences/s, ([0-9.]+) tokens/s\)")
 
@@ -91,13 +92,13 @@ def main():
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_generate")
     a = p.parse_args()
 
-    from fwp_recipes.wmt14 import MODELS
+    from fairseq_fwp.presets import preset
 
     lengths = [int(x) for x in a.lengths.split(",")]
     decoders = a.decoders.split(",")
     for d in decoders:
-        if d not in MODELS:
-            sys.exit(f"unknown decoder {d!r}; valid: {', '.join(MODELS)}")
+        if d not in DECODERS:
+            sys.exit(f"unknown decoder {d!r}; valid: {', '.join(DECODERS)}")
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     log = out / "bench.log"
@@ -127,7 +128,7 @@ def main():
         ck = out / f"{d}-L{a.layers}-d{a.dim}-max{max_pos}"
         if not (ck / "checkpoint_last.pt").is_file():
             run([py, "-m", "fairseq_cli.train", data / "bin", "--user-dir", USER_DIR, "--task", "translation",
-                 *arch, *MODELS[d].flags, "--optimizer", "adam", "--lr", "1e-4", "--max-tokens", "2000",
+                 *arch, *preset(DECODERS[d][0], **DECODERS[d][1]), "--optimizer", "adam", "--lr", "1e-4", "--max-tokens", "2000",
                  "--max-update", "1", "--disable-validation", "--no-epoch-checkpoints", "--save-dir", ck,
                  "--num-workers", "0", *(["--cpu"] if a.device == "cpu" else [])], log)
         for L in lengths:

@@ -3,8 +3,8 @@
 (paper Sec. 6.3, "Complexity, wall clock time, memory"), with the paper's V100 figures.
 
 Models: transformer, linear, delta, performer, dpfp — the settings of
-``recipes/wikitext103`` (one model table, ``fwp_recipes.wikitext103``): Linear
-Transformer and Delta Net as in Table 2, Performer m = 16 and DPFP nu = 1 as in Table 5
+``recipes/wikitext103`` (``fairseq_fwp.presets.lmtool_flags``, the authors' language-model
+setting): Linear Transformer and Delta Net as in Table 2, Performer m = 16 and DPFP nu = 1 as in Table 5
 (the paper times these two "for Table 5 with a larger d_dot"). Architecture
 ``fwp_lm_wt103_small``: 16 layers, D = 128, 8 heads x 16, FFN 2048, L = 256, tied
 adaptive input/softmax over a 267,744-word dictionary (WikiText-103's after
@@ -41,18 +41,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from fairseq_fwp.presets import lmtool_flags
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "recipes"))
-
-from fwp_recipes import wikitext103 as wt  # noqa: E402
-
-# name -> (recipe arguments, paper words/s on V100, paper memory GB)
+ARCH, L = "fwp_lm_wt103_small", 256  # the recipe's "small" config
+# name -> (the recipe's run name, flags, paper words/s on V100, paper memory GB)
 MODELS = {
-    "transformer": (["small", "transformer"], "33K", "17"),
-    "linear": (["small", "linear"], "66K", "13"),
-    "delta": (["small", "delta"], "63K", "14"),
-    "performer": (["small", "performer", "--favor-features", "16"], "57K", "—"),
-    "dpfp": (["small", "dpfp", "--dpfp-nu", "1"], "63K", "—"),
+    "transformer": ("small-transformer", lmtool_flags("softmax", attn_norm=False), "33K", "17"),
+    "linear": ("small-linear", lmtool_flags("linear", "sum", attn_norm=True), "66K", "13"),
+    "delta": ("small-delta", lmtool_flags("linear", "delta", attn_norm=False), "63K", "14"),
+    "performer": ("small-performer-m16", lmtool_flags("favor", "sum", attn_norm=True, m=16), "57K", "—"),
+    "dpfp": ("small-dpfp", lmtool_flags("dpfp", "sum", attn_norm=True, nu=1), "63K", "—"),
 }
 VOCAB = 267_744  # WikiText-103: 267,735 words + 4 specials, padded to a multiple of 8 by fairseq-preprocess
 
@@ -69,15 +68,14 @@ def run_one(name: str, a) -> dict:
     import fairseq.dataclass.utils as du
     from fairseq.trainer import Trainer
 
-    setting = wt.parse_setting(MODELS[name][0])
-    L = setting.cfg.tokens_per_sample
+    run, flags = MODELS[name][:2]
     cuda = a.device == "cuda"
     with tempfile.TemporaryDirectory() as data:
         with open(os.path.join(data, "dict.txt"), "w") as f:
             for i in range(a.vocab - 4):
                 f.write(f"w{i} {a.vocab - i}\n")
         argv = [data, "--user-dir", str(REPO / "fairseq_fwp"), "--task", "language_modeling",
-                *setting.model_flags(), "--tokens-per-sample", str(L), "--batch-size", str(a.batch),
+                "--arch", ARCH, *flags, "--tokens-per-sample", str(L), "--batch-size", str(a.batch),
                 "--criterion", "adaptive_loss", "--ddp-backend", "legacy_ddp", "--optimizer", "adam",
                 "--lr", "2.5e-4", "--lr-scheduler", "fixed", "--clip-norm", "0.25", "--seed", "1",
                 "--max-update", "1000000"]
@@ -124,7 +122,7 @@ def run_one(name: str, a) -> dict:
     words = a.steps * a.batch * L
     # CPU: words per CPU-second of this process (all its threads), which a machine shared
     # with other jobs does not distort the way it distorts wall-clock time
-    return {"model": name, "run": setting.name, "params": params, "words_per_s": words / (dt if cuda else cpu_dt),
+    return {"model": name, "run": run, "params": params, "words_per_s": words / (dt if cuda else cpu_dt),
             "step_s": dt / a.steps, "cpu_step_s": cpu_dt / a.steps, "mem_gb": mem, "L": L}
 
 
@@ -185,7 +183,7 @@ def main(argv=None) -> int:
           f"paper words/s (V100) | paper mem (GB) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        _, pw, pm = MODELS[r["model"]]
+        pw, pm = MODELS[r["model"]][2:]
         print(f"| {r['model']} | {r['run']} | {r['params'] / 1e6:.1f} | {r['words_per_s']:,.0f} | {r['step_s']:.3f} | "
               f"{r['cpu_step_s']:.3f} | {r['mem_gb']:.2f} | {pw} | {pm} |")
     by = {r["model"]: r for r in rows}

@@ -38,14 +38,12 @@ USER_DIR = os.path.join(ROOT, "fairseq_fwp")
 PY = sys.executable
 
 sys.path.insert(0, ROOT)
-from fairseq_fwp import toy_data  # noqa: E402  (imports fairseq_fwp: registers models, allowlist)
+from fairseq_fwp import presets, toy_data  # noqa: E402  (imports fairseq_fwp: registers models, allowlist)
 
-ATTENTIONS = {
-    # name: (label, fwp flags)
-    "linear": ("Linear Transformer", ["--fwp-feature-map", "linear", "--fwp-update-rule", "sum", "--fwp-attn-norm"]),
-    "delta": ("Delta Net", ["--fwp-feature-map", "linear", "--fwp-update-rule", "delta", "--fwp-sum-norm"]),
-    "softmax": ("Softmax (baseline)", ["--fwp-feature-map", "softmax"]),
-}
+# name: (label, fwp flags): the Linear Transformer (sum rule, attention normalisation), Delta
+# Net (delta rule, sum normalisation) and the softmax baseline of fairseq_fwp.presets
+ATTENTIONS = {name: (presets.PRESETS[preset].label, presets.preset(preset))
+              for name, preset in (("linear", "linear"), ("delta", "delta"), ("softmax", "softmax"))}
 
 T0 = time.time()
 

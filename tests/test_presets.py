@@ -51,5 +51,29 @@ def test_demo_rows():
 
 def test_bench_train_rows():
     bench = _load("fwp_bench_train_presets", "scripts/bench_train.py")
-    got = {n: wt.parse_setting(args).model_flags() for n, (args, _, _) in bench.MODELS.items()}
+    got = {n: ["--arch", bench.ARCH, *flags] for n, (_, flags, _, _) in bench.MODELS.items()}
     assert got == PINNED["bench_train"]
+    for name, (run, _, _, _) in bench.MODELS.items():  # the recipe's run of the same flags
+        assert wt.parse_setting(run.replace("-m16", " --favor-features 16").replace("-", " ", 1).split()).name == run
+
+
+def test_bench_generate_rows():
+    from fairseq_fwp.presets import preset
+
+    bench = _load("fwp_bench_generate_presets", "scripts/bench_generate.py")
+    for name, (p, sizes) in bench.DECODERS.items():
+        assert preset(p, **sizes) == PINNED["wmt14"][name]
+
+
+def test_presets_table():
+    from fairseq_fwp import presets
+
+    assert presets.preset("linear") == PINNED["demo"]["linear"][1]
+    assert presets.preset("delta") == PINNED["demo"]["delta"][1]
+    assert presets.preset("performer", m=32) == PINNED["wmt14"]["performer-64"]
+    assert presets.preset("dpfp", nu=4) == PINNED["wmt14"]["dpfp-512"]
+    assert presets.flags("dpfp", "delta", nu=2) == PINNED["wmt14"]["dpfp-256-delta"]
+    for bad in (lambda: presets.flags("softmax", "sum"), lambda: presets.flags("linear"),
+                lambda: presets.preset("performer"), lambda: presets.preset("nosuch")):
+        with pytest.raises(ValueError):
+            bad()

@@ -30,6 +30,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from fairseq_fwp import presets
+
 from . import common
 from .common import RecipeError
 
@@ -107,26 +109,28 @@ CONFIGS: Dict[str, Config] = {
 
 @dataclass(frozen=True)
 class Model:
-    """A row of Tables 2-5: feature map phi, update rule and the attention normalisation
-    of the authors' code (IDSIA/lmtool-fwp): every fast weight model sum-normalises phi(k)
-    and phi(q) (Eq. 29, "the models diverged otherwise", Sec. 6.3); the sum-rule layers
-    also divide by z.phi(q) (Eq. 18-19); the delta-rule layers do not (Table 3's best
-    setting, used in Table 2)."""
+    """A row of Tables 2-5: feature map phi and update rule, in the setting of the authors'
+    code (``fairseq_fwp.presets.lmtool_flags``): every fast weight model sum-normalises
+    phi(k) and phi(q) (Eq. 29); the sum-rule layers also divide by z.phi(q) (Eq. 18-19),
+    the delta-rule layers do not (Table 3's best setting, used in Table 2)."""
 
     feature_map: str
     update_rule: str = "sum"
-    attn_norm: bool = False
     label: str = ""
+
+    @property
+    def attn_norm(self) -> bool:
+        return self.feature_map != "softmax" and self.update_rule == "sum"
 
 
 MODELS: Dict[str, Model] = {
     "transformer": Model("softmax", label="Transformer"),
-    "linear": Model("linear", "sum", True, "Linear Transformer"),
-    "delta": Model("linear", "delta", False, "Delta Network"),
-    "performer": Model("favor", "sum", True, "Performer"),
-    "performer-delta": Model("favor", "delta", False, "Performer + delta"),
-    "dpfp": Model("dpfp", "sum", True, "DPFP"),
-    "dpfp-delta": Model("dpfp", "delta", False, "DPFP + delta"),
+    "linear": Model("linear", "sum", "Linear Transformer"),
+    "delta": Model("linear", "delta", "Delta Network"),
+    "performer": Model("favor", "sum", "Performer"),
+    "performer-delta": Model("favor", "delta", "Performer + delta"),
+    "dpfp": Model("dpfp", "sum", "DPFP"),
+    "dpfp-delta": Model("dpfp", "delta", "DPFP + delta"),
 }
 
 
@@ -219,16 +223,9 @@ class Setting:
 
     def model_flags(self) -> List[str]:
         """The fairseq flags of the architecture and the fast weight attention."""
-        spec = self.spec
-        flags = ["--arch", self.cfg.arch, *self.cfg.arch_flags, "--fwp-feature-map", spec.feature_map]
-        if self.fast_weights:
-            flags += ["--fwp-update-rule", spec.update_rule, "--fwp-sum-norm"]
-            if self.effective_attn_norm:
-                flags.append("--fwp-attn-norm")
-            if self.m is not None:
-                flags += ["--fwp-favor-features", str(self.m)]
-            if self.nu is not None:
-                flags += ["--fwp-dpfp-nu", str(self.nu)]
+        flags = ["--arch", self.cfg.arch, *self.cfg.arch_flags,
+                 *presets.lmtool_flags(self.spec.feature_map, self.spec.update_rule,
+                                       attn_norm=self.effective_attn_norm, m=self.m, nu=self.nu)]
         if not self.pos:
             flags.append("--no-token-positional-embeddings")
         return flags

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+from fairseq_fwp import presets
+
 from . import common
 from .common import RecipeError
 
@@ -78,13 +80,11 @@ TRAIN_FLAGS = [
     "--required-batch-size-multiple", "1",
 ]
 
-SUM = ["--fwp-update-rule", "sum", "--fwp-attn-norm"]  # Linear Transformer form, Eq. 17-19
-DELTA = ["--fwp-update-rule", "delta", "--fwp-sum-norm"]  # Delta Net: Eq. 20-25 with Eq. 29
-
-
 @dataclass(frozen=True)
 class Model:
-    """One row of Table 1 (or one of our two delta-rule rows)."""
+    """One row of Table 1 (or one of our two delta-rule rows). The sum-rule rows are the
+    Linear Transformer form (``fairseq_fwp.presets``: Eq. 17-19, attention normalisation),
+    the delta rows Delta Net (Eq. 20-25 with sum normalisation, Eq. 29)."""
 
     name: str
     column: str  # Table 1 column: Standard, Linear, Performer, DPFP
@@ -97,30 +97,29 @@ class Model:
 
 def _performer(d_dot, valid, test):
     m = d_dot // 2  # Table 6: d_dot = 2m
-    return Model(f"performer-{d_dot}", "Performer", d_dot, "sum",
-                 ("--fwp-feature-map", "favor", "--fwp-favor-features", str(m), *SUM), valid, test)
+    return Model(f"performer-{d_dot}", "Performer", d_dot, "sum", tuple(presets.flags("favor", "sum", m=m)),
+                 valid, test)
 
 
 def _dpfp(d_dot, rule, valid=None, test=None):
     nu = d_dot // (2 * D_KEY)  # Table 6: d_dot = 2 nu d_key
     suffix = "-delta" if rule == "delta" else ""
     return Model(f"dpfp-{d_dot}{suffix}", "DPFP" if rule == "sum" else "DPFP + delta rule", d_dot, rule,
-                 ("--fwp-feature-map", "dpfp", "--fwp-dpfp-nu", str(nu), *(SUM if rule == "sum" else DELTA)),
-                 valid, test)
+                 tuple(presets.flags("dpfp", rule, nu=nu)), valid, test)
 
 
 # Every fast weight model replaces all three attentions (encoder self, decoder self,
 # encoder-decoder: --fwp-replace's default), as the Linear Transformer and Performer do.
 MODELS: Dict[str, Model] = {m.name: m for m in [
-    Model("transformer", "Standard", D_KEY, "softmax", ("--fwp-feature-map", "softmax"), 26.6, 27.7),
-    Model("linear", "Linear", D_KEY, "sum", ("--fwp-feature-map", "linear", *SUM), 25.5, 26.8),
+    Model("transformer", "Standard", D_KEY, "softmax", tuple(presets.preset("softmax")), 26.6, 27.7),
+    Model("linear", "Linear", D_KEY, "sum", tuple(presets.preset("linear")), 25.5, 26.8),
     _performer(64, 24.2, 24.4),
     _performer(256, 24.9, 25.3),
     _performer(512, 26.7, 27.7),
     _dpfp(256, "sum", 26.2, 26.9),
     _dpfp(512, "sum", 26.2, 27.1),
     # beyond Table 1 (the paper used only the sum rule for translation)
-    Model("delta", "Delta Net (linear)", D_KEY, "delta", ("--fwp-feature-map", "linear", *DELTA)),
+    Model("delta", "Delta Net (linear)", D_KEY, "delta", tuple(presets.preset("delta"))),
     _dpfp(256, "delta"),
 ]}
 

@@ -31,6 +31,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, NamedTuple, Optional
 
+from fairseq_fwp import presets
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER_DIR = os.path.join(REPO, "fairseq_fwp")
 STOP_LOSS = 0.001
@@ -39,34 +41,26 @@ FINAL_FIELDS = [
     "num_updates", "evaluations", "status", "seconds", "device",
 ]
 
-SUM = ["--fwp-update-rule", "sum", "--fwp-attn-norm"]  # the authors' sum rule reads attention-normalised
-DELTA = ["--fwp-update-rule", "delta", "--fwp-sum-norm"]  # "ours": delta rule with sum normalisation
-DELTA_NOSN = ["--fwp-update-rule", "delta"]  # delta rule, no normalisation
-FWM = ["--fwp-update-rule", "delta", "--fwm"]  # Schlag et al. (2021)'s FWM update
-
 
 def phi(name: str) -> List[str]:
-    if name == "softmax":
-        return ["--fwp-feature-map", "softmax"]
-    if name == "linear":
-        return ["--fwp-feature-map", "linear"]
-    if name.startswith("favor"):
-        return ["--fwp-feature-map", "favor", "--fwp-favor-features", name[len("favor"):]]
-    if name.startswith("dpfp"):
-        return ["--fwp-feature-map", "dpfp", "--fwp-dpfp-nu", name[len("dpfp"):]]
+    """``softmax``, ``linear``, ``favor<m>`` or ``dpfp<nu>`` as ``--fwp-feature-map`` flags."""
+    for fm, size in (("favor", "m"), ("dpfp", "nu")):
+        if name.startswith(fm):
+            return presets.feature_map_flags(fm, **{size: int(name[len(fm):])})
+    if name in ("softmax", "linear"):
+        return presets.feature_map_flags(name)
     raise ValueError(f"unknown feature map {name!r}")
 
 
 def capacity_models(maps: List[str]) -> Dict[str, List[str]]:
-    return {m: phi(m) + ([] if m == "softmax" else SUM) for m in maps}
-
-
-RULES = {"sum": SUM, "delta": DELTA, "delta-nosn": DELTA_NOSN, "fwm": FWM}
+    """The sum rule read attention-normalised, as the authors' code (softmax: the baseline)."""
+    return {m: phi(m) + ([] if m == "softmax" else list(presets.RULES["sum"].flags)) for m in maps}
 
 
 def update_rule_models(rules_per_map: Dict[str, List[str]]) -> Dict[str, List[str]]:
-    """{feature map: [rules]} -> {"<map>-<rule>": flags}."""
-    return {f"{m}-{r}": phi(m) + RULES[r] for m, rules in rules_per_map.items() for r in rules}
+    """{feature map: [rules]} -> {"<map>-<rule>": flags}; rules: ``fairseq_fwp.presets.RULES``
+    (sum, delta = ours with sum normalisation, delta-nosn, fwm = Schlag et al. 2021's FWM)."""
+    return {f"{m}-{r}": phi(m) + list(presets.RULES[r].flags) for m, rules in rules_per_map.items() for r in rules}
 
 
 # setting -> scale -> configuration
