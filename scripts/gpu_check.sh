@@ -19,8 +19,8 @@
 # bench_more 60 (d_dot 256/512 in bf16, where fla cannot go; one fp32 case), generate 60
 # (scripts/bench_generate.py on CUDA).
 #
-# Needs torch and triton; neither fairseq nor an install of this repo: the kernels folder
-# is put on the path as fwp_kernels, and every wheel in $FWP_WHEELS (default .whl/:
+# Needs torch and triton, neither fairseq nor an install of this repo: the source roots
+# (. and kernels/) go on PYTHONPATH, and every wheel in $FWP_WHEELS (default .whl/:
 # fla-core 0.6.0, fairseq-fixed 0.12.3.1 + hydra-core, omegaconf, antlr4, bitarray; see
 # docs/benchmarks.md) is installed into a private folder first.
 # Output: $OUT (or $FWP_GPU_OUT, default outputs/gpu_check) gets all.log and one log per
@@ -52,12 +52,11 @@ fi
 
 site=$(mktemp -d -t fwp-site.XXXXXX)
 trap 'rm -rf "$site"' EXIT
-ln -s "$PWD/kernels" "$site/fwp_kernels"
 if compgen -G "$WHEELS/*.whl" >/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$WHEELS"/*.whl \
         || echo "!! wheel install failed: the fla and fairseq stages will say so"
 fi
-export PYTHONPATH="$site:$PWD:$PWD/scripts${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONPATH="$site:$PWD:$PWD/kernels:$PWD/scripts${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export FLA_CACHE_RESULTS=0   # fla autotunes over all its configs in each process (nothing stale on disk)
 
 want() { [[ " ${STAGES[*]} " == *" $1 "* ]]; }

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -93,26 +92,16 @@ def mt_trained(mt_data):
 # ---------------------------------------------------------------------------- packaging
 
 
-def test_pyproject_lists_every_package():
-    """setuptools cannot discover the renamed kernels/ -> fwp_kernels, so pyproject lists packages."""
-    with open(ROOT / "pyproject.toml", "rb") as f:
-        listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
-    found = set()
-    for folder, name in (("fairseq_fwp", "fairseq_fwp"), ("kernels", "fwp_kernels")):
-        for init in (ROOT / folder).rglob("__init__.py"):
-            rel = init.parent.relative_to(ROOT / folder).parts
-            found.add(".".join((name, *rel)))
-    assert found - listed == set(), "add these packages to [tool.setuptools] packages in pyproject.toml"
-    assert listed - found == set(), "pyproject.toml lists packages that do not exist"
-
-
 def test_kernels_is_installed_as_fwp_kernels_only(tmp_path):
+    """fwp_kernels (kernels/fwp_kernels/) is installed with its subpackages; nothing
+    installs a top-level `kernels` (a PyPI package owns that name)."""
     code = ("import importlib.util as u, fwp_kernels; "
-            "print(u.find_spec('kernels') is None, fwp_kernels.__name__)")
+            "print(u.find_spec('kernels') is None, fwp_kernels.__name__, "
+            "u.find_spec('fwp_kernels.linear_attn') is not None)")
     env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "fwp_kernels"]
+    assert out.stdout.split() == ["True", "fwp_kernels", "True"]
 
 
 # ---------------------------------------------------------------------------- translation

@@ -1,6 +1,5 @@
 """fwp_kernels: fast-weight scans (sum rule and delta rule), references and fast paths.
 
-Installed under the import name ``fwp_kernels`` (the folder is ``kernels/``).
 Nothing heavy is imported eagerly: Triton is only imported when a Triton path is used.
 
 Tensor layout (all operations): time-major ``[T, B, H, D]``, which is a free view of
