@@ -243,9 +243,13 @@ class FwpLanguageModelingTask(LanguageModelingTask):
             return OmegaConf.select(self.args._get_root(), "dataset.train_subset", default=None) or "train"
         return safe_getattr(self.args, "train_subset", None) or "train"
 
+    def _training_split(self, split: str) -> bool:
+        """Whether ``split`` is trained on here (fairseq-validate only validates, any split)."""
+        return split == self._train_subset() and fairseq_command() != "validate"
+
     def _batch_flags(self, split: str):
         """The flags that size the batches of ``split`` in this command: (batch size, max tokens)."""
-        if split == self._train_subset() or fairseq_command() == "validate":
+        if self._training_split(split) or fairseq_command() == "validate":
             return "--batch-size", "--max-tokens"
         return "--batch-size-valid (default: --batch-size)", "--max-tokens-valid (default: --max-tokens)"
 
@@ -295,7 +299,7 @@ class FwpLanguageModelingTask(LanguageModelingTask):
                 f"the {split} split has {dataset.n_targets} tokens, too few for {n_streams} streams "
                 f"({batch_flag} {B} x {num_shards} ranks); {fix}"
             )
-        if split != self._train_subset() and split not in self._announced:
+        if not self._training_split(split) and split not in self._announced:
             self._announced.add(split)
             logger.info(
                 f"--fwp-carry-state: {split} is scored as {n_streams} streams ({batch_flag} {B} x {num_shards} "
