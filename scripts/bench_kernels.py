@@ -2,7 +2,7 @@
 """Benchmark the fast weight scans: forward and forward+backward time, tokens/s, peak memory.
 
 Implementations (each only where it runs):
-  triton     our Triton chunked kernels (fwp_kernels.linear_attn / fwp_kernels.delta_rule), CUDA
+  triton     our Triton chunked kernels (fwp_kernels.triton), CUDA
   chunk      our chunked PyTorch path (fwp_kernels.chunk_torch), the CPU path
   recurrent  the step-by-step paper-form loop (fwp_kernels.reference), T <= --recurrent-max-t
   fla-chunk, fla-fused-recurrent   flash-linear-attention, if importable (CUDA)

@@ -26,15 +26,15 @@ import tempfile
 def kernel_table():
     """Rows (kernel, pointer args in the input dtype, float32 buffer args, constexprs,
     whether it is the register-state pass) covering every kernel and state path."""
-    from fwp_kernels.delta_rule import chunk as dr
-    from fwp_kernels.delta_rule import step as drs
-    from fwp_kernels.linear_attn import chunk as la
-    from fwp_kernels.linear_attn import step as las
-    from fwp_kernels.triton_utils import REG_STATE_MAX_D_DOT as REG
+    from fwp_kernels.triton import common as cm
+    from fwp_kernels.triton import delta_rule as dr
+    from fwp_kernels.triton import linear_attn as la
+    from fwp_kernels.triton import step as st
+    from fwp_kernels.triton.common import REG_STATE_MAX_D_DOT as REG
 
     return [
         (la.linear_attn_state_fwd_kernel, "k v", "h0 h", {"HAS_H0": True}, False),
-        (la.chunk_output_kernel, "q k o", "u h", {}, False),
+        (cm.chunk_output_kernel, "q k o", "u h", {}, False),
         (la.linear_attn_state_bwd_kernel, "q do", "dht dh", {"HAS_DHT": True}, False),
         (la.linear_attn_dqk_kernel, "q k v do dq dk", "h dh", {}, False),
         (la.linear_attn_dv_kernel, "q k do dv", "dh", {}, False),
@@ -43,8 +43,8 @@ def kernel_table():
         (dr.delta_rule_state_fwd_kernel, "k", "w u h0 h vnew", {"HAS_H0": True, "BKH": REG}, True),
         (dr.delta_rule_state_bwd_kernel, "q k v beta erase do dv", "x dht dh dux dbeta", {"HAS_DHT": True}, False),
         (dr.delta_rule_dqk_kernel, "q k erase do dq dk", "vnew dux h dh dc", {}, False),
-        (las.linear_attn_step_kernel, "q k v o", "s_in s_out", {}, False),
-        (drs.delta_rule_step_kernel, "q k v beta erase o", "s_in s_out", {}, False),
+        (st.fast_weight_step_kernel, "q k v beta erase o", "s_in s_out", {"DELTA": False}, False),
+        (st.fast_weight_step_kernel, "q k v beta erase o", "s_in s_out", {"DELTA": True}, False),
     ]
 
 
@@ -80,8 +80,8 @@ def main(argv=None) -> int:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from fwp_kernels.triton_utils import (NUM_WARPS, REG_STATE_MAX_D_DOT, dot_precision, launch_options,
-                                          state_pass_options)
+    from fwp_kernels.triton.common import (NUM_WARPS, REG_STATE_MAX_D_DOT, dot_precision, launch_options,
+                                           state_pass_options)
 
     import torch
 
@@ -108,7 +108,8 @@ def main(argv=None) -> int:
             k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target, options=opts)
             regs, stack = resource_usage(k.asm["cubin"], cuobjdump)
             path = "-" if "BKH" not in extra else ("registers" if extra["BKH"] else "global memory")
-            print(f"| {fn.__name__} | {path} | {dt} | {prec if 'PREC' in names else '-'} | "
+            name = fn.__name__ + ("" if "DELTA" not in extra else " (delta)" if extra["DELTA"] else " (sum)")
+            print(f"| {name} | {path} | {dt} | {prec if 'PREC' in names else '-'} | "
                   f"{opts.get('num_stages', 'default')} | {k.metadata.shared / 1024:.0f} | "
                   f"{regs if regs is not None else '?'} | {stack if stack is not None else '?'} |", flush=True)
             if k.metadata.shared > args.smem_limit:

@@ -2,7 +2,7 @@
 """Time our Triton chunk kernels under each launch configuration: warps per program,
 software-pipelining depth and, for the delta rule, where its sequential forward pass keeps
 the state (registers or global memory). Prints one markdown table; the row marked
-``default`` is what the kernels use today (``fwp_kernels.triton_utils``: NUM_WARPS,
+``default`` is what the kernels use today (``fwp_kernels.triton.common``: NUM_WARPS,
 NUM_STAGES, REG_STATE_MAX_D_DOT, REG_STATE_STAGES), and ``x default`` is the default's time
 divided by the row's (> 1: that configuration is faster than today's default).
 
@@ -27,7 +27,7 @@ def configurations(rule: str, d_dot: int, d_value: int, dtype) -> List[Tuple[int
     """(num_warps, num_stages or None = Triton's default, state path) in the order they are
     timed: today's default first, then the alternatives. The state path ("registers" /
     "global") matters only for the delta rule; the sum rule's rows have "-"."""
-    import fwp_kernels.triton_utils as tu
+    import fwp_kernels.triton.common as tu
 
     reg_default = "registers" if d_dot <= tu.REG_STATE_MAX_D_DOT else "global"
     path = reg_default if rule == "delta" else "-"
@@ -46,7 +46,7 @@ def configurations(rule: str, d_dot: int, d_value: int, dtype) -> List[Tuple[int
 
 def apply(cfg, d_dot):
     """Set the module-level launch options the kernels read at every launch."""
-    import fwp_kernels.triton_utils as tu
+    import fwp_kernels.triton.common as tu
 
     warps, stages, path = cfg
     for prefix in ("", "NARROW_"):  # 32- and 16-wide tiles alike
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--reps", type=int, default=10)
     a = p.parse_args(argv)
-    import fwp_kernels.triton_utils as tu
+    import fwp_kernels.triton.common as tu
 
     saved = {name: getattr(tu, name) for name in SAVED}
     device = torch.device(a.device)

@@ -97,7 +97,7 @@ def test_kernels_is_installed_as_fwp_kernels_only(tmp_path):
     installs a top-level `kernels` (a PyPI package owns that name)."""
     code = ("import importlib.util as u, fwp_kernels; "
             "print(u.find_spec('kernels') is None, fwp_kernels.__name__, "
-            "u.find_spec('fwp_kernels.linear_attn') is not None)")
+            "u.find_spec('fwp_kernels.triton') is not None)")
     env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -213,8 +213,7 @@ def test_kernels_store_the_requested_output_dtype():
     the division by z . phi(q)), in v's dtype by default; anything else is refused.
     A float32 q with half k, v is accepted (its dq is float32)."""
     _triton()
-    from fwp_kernels.delta_rule import chunk_delta_rule, delta_rule_step
-    from fwp_kernels.linear_attn import chunk_linear_attn, linear_attn_step
+    from fwp_kernels.triton import chunk_delta_rule, chunk_linear_attn, delta_rule_step, linear_attn_step
 
     g = torch.Generator().manual_seed(4)
     q, k = (torch.rand(20, 1, 2, 16, generator=g).softmax(-1).to(DEVICE, torch.float16) for _ in range(2))

@@ -1,4 +1,4 @@
-"""Triton kernels (fwp_kernels.linear_attn, fwp_kernels.delta_rule) against the float64
+"""Triton kernels (fwp_kernels.triton) against the float64
 step-by-step reference: outputs, final states and every gradient (q, k, v, beta, erase,
 initial state), directly and through ``fast_weight_scan(impl="triton")``.
 
@@ -26,8 +26,7 @@ triton = pytest.importorskip("triton")
 
 from fwp_kernels import FastWeightState, fast_weight_scan, recurrent_fast_weight  # noqa: E402
 from fwp_kernels import dispatch  # noqa: E402
-from fwp_kernels.delta_rule import chunk_delta_rule, delta_rule_step  # noqa: E402
-from fwp_kernels.linear_attn import chunk_linear_attn, linear_attn_step  # noqa: E402
+from fwp_kernels.triton import chunk_delta_rule, chunk_linear_attn, delta_rule_step, linear_attn_step  # noqa: E402
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if HAS_CUDA else [])
@@ -169,9 +168,9 @@ def test_delta_rule_state_pass_both_paths(reg_max, monkeypatch):
     """The sequential forward pass of the delta rule carries the state column in registers
     (d_dot up to REG_STATE_MAX_D_DOT) or through global memory one d_dot tile at a time.
     Force each path at d_dot 24 with 16-wide tiles (two tiles, the second masked); in
-    float16 on a GPU, where tf32x3 (float32) tiles are at least triton_utils.MIN_TILE_TF32X3 wide."""
-    import fwp_kernels.delta_rule.chunk as dr
-    import fwp_kernels.triton_utils as tu
+    float16 on a GPU, where tf32x3 (float32) tiles are at least common.MIN_TILE_TF32X3 wide."""
+    import fwp_kernels.triton.common as tu
+    import fwp_kernels.triton.delta_rule as dr
 
     monkeypatch.setattr(tu, "REG_STATE_MAX_D_DOT", reg_max)
     monkeypatch.setattr(dr, "tile_sizes", lambda K, V, prec=None: (16, 16))
@@ -434,11 +433,10 @@ def test_half_precision_attention_runs_on_the_triton_path(rule, attn_norm, monke
 def test_decoding_steps_through_dispatch_use_the_step_kernels(rule, attn_norm, monkeypatch):
     """Incremental decoding: T = 1 without grad goes to the one-token Triton kernels; a run of
     steps carrying the state equals the float64 recurrent reference over the whole sequence."""
-    import fwp_kernels.delta_rule as dpkg
-    import fwp_kernels.linear_attn as lpkg
+    import fwp_kernels.triton as tpkg
 
     calls = []
-    for mod, name in ((dpkg, "delta_rule_step"), (lpkg, "linear_attn_step")):
+    for mod, name in ((tpkg, "delta_rule_step"), (tpkg, "linear_attn_step")):
         real = getattr(mod, name)
         monkeypatch.setattr(mod, name, lambda *a, _r=real, **kw: calls.append(1) or _r(*a, **kw))
     dispatch._LOADED.pop("triton", None)  # rebuild the core with the spied step functions
@@ -520,7 +518,7 @@ def test_model_sizes_on_gpu(shape, rule, dtype):
 # gradient against float64. (fla's third class, a constant scale of 1.0 folded by ptxas,
 # has no counterpart: our kernels take no scale; phi(q) arrives already scaled.) The
 # interpreter ignores warps and stages, so on CPU one configuration runs, to keep the
-# option plumbing (triton_utils.launch_options, read at every launch) exercised.
+# option plumbing (common.launch_options, read at every launch) exercised.
 LAUNCH_CONFIGS = [(64, w, s) for w in (4, 8) for s in (1, 2, 3)] + [(C, w, None) for C in (16, 32) for w in (4, 8)]
 # Sizes: d_dot = d_value = 64 (32-wide tiles, the register path's size) and, in bf16 at
 # chunk 64, d_dot = d_value = 16 (16-wide tiles: the WikiText-103 models' head size,
@@ -540,7 +538,7 @@ LAUNCH_CASES = [
 @pytest.mark.parametrize("cfg,rule,dtype,width,T", LAUNCH_CASES)
 def test_every_launch_configuration(cfg, rule, dtype, width, T, monkeypatch):
     from fwp_kernels.chunk_torch import chunk_delta_rule_torch, chunk_linear_attn_torch
-    import fwp_kernels.triton_utils as tu
+    import fwp_kernels.triton.common as tu
 
     C, warps, stages = cfg
     for prefix in ("", "NARROW_"):  # the configuration applies to 32- and 16-wide tiles alike
@@ -577,8 +575,8 @@ def test_dot_precision_and_tiles_on_a_gpu(monkeypatch):
     float32 inputs and for a float32 q next to half k, v (the attention-normalised scans,
     whose dq cancels: tf32 gave 10-33% dq errors at T = 65,536); tiles of tf32x3 kernels
     at least 32 wide (16-wide ones hit an illegal memory access in the dq/dk kernels)."""
-    import fwp_kernels.linear_attn.chunk as lc
-    import fwp_kernels.triton_utils as tu
+    import fwp_kernels.triton.common as tu
+    import fwp_kernels.triton.linear_attn as lc
 
     monkeypatch.delenv("FWP_TRITON_DOT_PRECISION", raising=False)
     assert tu.dot_precision(torch.float32) == "tf32x3"
@@ -605,7 +603,7 @@ def test_dot_precision_and_tiles_on_a_gpu(monkeypatch):
 def test_launch_options_by_tile_width(monkeypatch):
     """32-wide tiles launch with the tuned NUM_WARPS / NUM_STAGES, a 16-wide tile with the
     NARROW_* options; the delta rule's register-state pass with its own depth."""
-    import fwp_kernels.triton_utils as tu
+    import fwp_kernels.triton.common as tu
 
     assert tu.launch_options(32, 32) == {"num_warps": tu.NUM_WARPS, "num_stages": tu.NUM_STAGES}
     narrow = tu.launch_options(16, 32)

@@ -16,6 +16,5 @@ def interpret_without_cuda() -> None:
         return
     os.environ["TRITON_INTERPRET"] = "1"
     for name in [m for m in sys.modules if m == "triton" or m.startswith("triton.")
-                 or m.startswith("fwp_kernels.linear_attn") or m.startswith("fwp_kernels.delta_rule")
-                 or m == "fwp_kernels.triton_utils"]:
+                 or m == "fwp_kernels.triton" or m.startswith("fwp_kernels.triton.")]:
         del sys.modules[name]

@@ -5,8 +5,7 @@ Implementations (``impl``):
   * ``"recurrent"`` - the step-by-step reference (:mod:`fwp_kernels.reference`); used for
     decoding steps (T = 1) and as ground truth.
   * ``"chunk"``     - chunk-parallel PyTorch (:mod:`fwp_kernels.chunk_torch`); the CPU path.
-  * ``"triton"``    - chunk-parallel Triton kernels (CUDA only), registered by
-    :func:`register_impl`.
+  * ``"triton"``    - chunk-parallel Triton kernels (:mod:`fwp_kernels.triton`; CUDA only).
   * ``"auto"``      - ``"triton"`` on CUDA when registered, importable and the sizes fit
     (one-token step kernels when T = 1 and no gradient is needed), else ``"recurrent"``
     for T = 1 and ``"chunk"`` otherwise.
@@ -30,7 +29,7 @@ import torch
 from .reference import recurrent_fast_weight
 from .state import EPS, FastWeightState, acc_dtype
 
-__all__ = ["FastWeightState", "fast_weight_scan", "register_impl", "available_impls"]
+__all__ = ["FastWeightState", "fast_weight_scan", "available_impls"]
 
 
 class CoreImpl(NamedTuple):
@@ -57,16 +56,15 @@ def _decoding_step(q: torch.Tensor, *tensors) -> bool:
 
 
 def _triton_core() -> CoreImpl:
-    """The Triton kernels (:mod:`fwp_kernels.linear_attn`, :mod:`fwp_kernels.delta_rule`):
+    """The Triton kernels (:mod:`fwp_kernels.triton`):
     chunked forward/backward, and the one-token step kernels for decoding (T = 1, no grad).
 
     Imported on first use only (importing fwp_kernels never imports Triton). Supports
     float32/float16/bfloat16 tensors on CUDA, or on CPU under ``TRITON_INTERPRET=1``."""
     import os
 
-    from .delta_rule import chunk_delta_rule, delta_rule_step
-    from .linear_attn import chunk_linear_attn, linear_attn_step
-    from .triton_utils import MAX_D_DOT, MAX_D_VALUE
+    from .triton import chunk_delta_rule, chunk_linear_attn, delta_rule_step, linear_attn_step
+    from .triton.common import MAX_D_DOT, MAX_D_VALUE
 
     def zero_state(q, v):
         return q.new_zeros(q.shape[1], q.shape[2], q.shape[3], v.shape[3], dtype=torch.float32)
@@ -97,12 +95,6 @@ def _triton_core() -> CoreImpl:
 
 _LOADERS: Dict[str, Callable[[], CoreImpl]] = {"chunk": _torch_core, "triton": _triton_core}
 _LOADED: Dict[str, CoreImpl] = {}
-
-
-def register_impl(name: str, loader: Callable[[], CoreImpl]) -> None:
-    """Register a lazily-imported core implementation (e.g. the Triton kernels)."""
-    _LOADERS[name] = loader
-    _LOADED.pop(name, None)
 
 
 def available_impls():

@@ -1,6 +1,7 @@
-"""Shared helpers of the Triton kernels (:mod:`fwp_kernels.linear_attn`, :mod:`fwp_kernels.delta_rule`).
-
-Importing this module imports Triton; :mod:`fwp_kernels` itself never does.
+"""The pieces every Triton kernel of :mod:`fwp_kernels.triton` shares: layout conventions,
+dot precision, tiles and launch options, input checks, tile load/store helpers, the
+chunk output kernel of both chunked rules, and the public wrappers' prologue and
+autograd glue (:func:`chunk_scan`).
 
 Layout conventions used by every kernel
 ---------------------------------------
@@ -23,7 +24,7 @@ Layout conventions used by every kernel
 
 import contextlib
 import os
-from typing import Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -289,3 +290,136 @@ def load_vec(ptr, s, r0, n, BR: tl.constexpr):
     """Load a [BR] float32 vector at r0.. with stride s, zero outside ``r < n``."""
     r = r0 + tl.arange(0, BR)
     return tl.load(ptr + r * s, mask=r < n, other=0.0).to(tl.float32)
+
+
+# ------------------------------------------------------------- chunk output (both rules)
+
+
+@triton.jit
+def chunk_output_kernel(
+    q, k, u, h, o,
+    T, H, K, V,
+    s_qt, s_qb, s_qh, s_qd,
+    s_kt, s_kb, s_kh, s_kd,
+    s_ut, s_ub, s_uh, s_ud,
+    s_ot, s_ob, s_oh, s_od,
+    NT,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """Grid (B*H, NT, NV): O_n = Q h_n + tril(Q K^T) U for one chunk and one d_value tile
+    (U = V for the sum rule, the chunk's new values for the delta rule)."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(1)
+    i_v = tl.program_id(2)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    q_base = q + i_b * s_qb + i_h * s_qh
+    k_base = k + i_b * s_kb + i_h * s_kh
+    h_base = h + (i_bh * (NT + 1) + n) * K * V
+    b_o = tl.zeros([C, BV], dtype=tl.float32)
+    b_s = tl.zeros([C, C], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        b_q = load_tile(q_base, s_qt, s_qd, n * C, i_k * BK, T, K, C, BK)  # [C, BK]
+        b_kT = load_tile(k_base, s_kd, s_kt, i_k * BK, n * C, K, T, BK, C)  # [BK, C]
+        b_h = load_tile(h_base, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+        b_o += tl.dot(b_q, b_h, input_precision=PREC)
+        b_s += tl.dot(b_q, b_kT, input_precision=PREC)
+    rows = tl.arange(0, C)
+    b_s = tl.where(rows[:, None] >= rows[None, :], b_s, 0.0)
+    b_u = load_tile(u + i_b * s_ub + i_h * s_uh, s_ut, s_ud, n * C, i_v * BV, T, V, C, BV)
+    b_o += tl.dot(b_s, b_u, input_precision=PREC)
+    store_tile(o + i_b * s_ob + i_h * s_oh, b_o, s_ot, s_od, n * C, i_v * BV, T, V, C, BV)
+
+
+def chunk_output_fwd(q, k, u, u_strides, h, out_dtype, chunk_size, prec):
+    """O = Q h_n + tril(Q K^T) U per chunk, as a contiguous [T, B, H, V] tensor."""
+    T, B, H, K = q.shape
+    V = h.shape[-1]
+    C = chunk_size
+    NT = triton.cdiv(T, C)
+    BK, BV = tile_sizes(K, V, prec)
+    o = torch.empty(T, B, H, V, device=q.device, dtype=out_dtype)
+    chunk_output_kernel[(B * H, NT, triton.cdiv(V, BV))](
+        q, k, u, h, o, T, H, K, V,
+        *strides4(q), *strides4(k), *u_strides, *strides4(o), NT,
+        C=C, BK=BK, BV=BV, PREC=prec, **launch_options(BK, BV),
+    )
+    return o
+
+
+# --------------------------------------------------- public wrappers of the chunked scans
+
+
+class ChunkPasses(NamedTuple):
+    """The host passes of one chunked rule, with the strengths (none for the sum rule;
+    beta, erase for the delta rule) between v and h0:
+
+    * ``fwd(q, k, v, *strengths, h0, chunk_size, out_dtype, prec) -> (o, final state)``
+    * ``bwd(q, k, v, *strengths, h0, do, dht, chunk_size, dq_dtype, prec)
+      -> (dq, dk, dv, *dstrengths, dh0)``"""
+
+    fwd: Callable
+    bwd: Callable
+
+
+class ChunkScanFunction(torch.autograd.Function):
+    """Autograd of a chunked scan: the forward keeps only the inputs, the backward
+    recomputes the chunk states from them. q may be float32 next to half k, v
+    (:func:`kernel_query`); its dq is then float32 and every dot "tf32x3"."""
+
+    @staticmethod
+    def forward(ctx, passes, chunk_size, out_dtype, q, k, v, h0, *strengths):
+        ctx.set_materialize_grads(False)
+        ctx.q_dtype, q = q.dtype, kernel_query(q, k)
+        ctx.prec = dot_precision(k.dtype, float32_query=ctx.q_dtype == torch.float32)
+        with device_guard(q):
+            o, ht = passes.fwd(q, k, v, *strengths, h0, chunk_size, out_dtype, ctx.prec)
+        ctx.save_for_backward(q, k, v, h0, *strengths)
+        ctx.passes, ctx.chunk_size = passes, chunk_size
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, h0, *strengths = ctx.saved_tensors
+        if do is None:
+            do = torch.zeros(v.shape, device=v.device, dtype=v.dtype)
+        if dht is not None:
+            dht = dht.float().contiguous()  # read as a contiguous [B*H, K, V] block
+        with device_guard(q):
+            dq, dk, dv, *dstrengths, dh0 = ctx.passes.bwd(
+                q, k, v, *strengths, h0, do, dht, ctx.chunk_size, ctx.q_dtype, ctx.prec
+            )
+        return (None, None, None, dq, dk, dv, (dh0 if h0 is not None else None), *dstrengths)
+
+
+def chunk_scan(
+    passes: ChunkPasses,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    strengths: Sequence[Tuple[str, Optional[torch.Tensor], bool]],
+    initial_state: Optional[torch.Tensor],
+    output_final_state: bool,
+    chunk_size: int,
+    out_dtype: Optional[torch.dtype],
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """What every public chunked function does around its kernels: check the inputs
+    (``strengths``: (name, tensor or None, required) in the order ``passes`` takes them),
+    read the initial state as float32, answer T = 0 without a launch, and run
+    :class:`ChunkScanFunction`. Returns ``(o, final state or None)``."""
+    T, B, H, K, V = check_qkv(q, k, v)
+    check_chunk_size(chunk_size)
+    out_dtype = check_out_dtype(out_dtype, v)
+    for name, x, required in strengths:
+        if required or x is not None:
+            check_strength(name, x, q)
+    h0 = None
+    if initial_state is not None:
+        check_state("initial_state", initial_state, q, K, V)
+        h0 = initial_state.float().contiguous()
+    if T == 0:
+        o = v.new_zeros(0, B, H, V, dtype=out_dtype)
+        ht = h0 if h0 is not None else q.new_zeros(B, H, K, V, dtype=torch.float32)
+        return o, (ht if output_final_state else None)
+    o, ht = ChunkScanFunction.apply(passes, chunk_size, out_dtype, q, k, v, h0, *(x for _, x, _ in strengths))
+    return o, (ht if output_final_state else None)

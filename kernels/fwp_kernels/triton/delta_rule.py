@@ -16,9 +16,10 @@ tokens with h_n the state before chunk n (the WY/UT form of
 
 Forward kernels: ``prepare`` (per chunk, parallel: A, X, W, U0), ``state`` (one
 sequential pass over chunks per d_value tile: h_n and U), ``output`` (per chunk,
-parallel; shared with linear attention). The chunk-boundary states h_n live in a
-``[B*H, N+1, d_dot, d_value]`` float32 buffer only while a forward or backward runs;
-backward saves just the inputs and recomputes X, W, U0, h_n and U.
+parallel; :func:`fwp_kernels.triton.common.chunk_output_kernel`, shared with linear
+attention). The chunk-boundary states h_n live in a ``[B*H, N+1, d_dot, d_value]``
+float32 buffer only while a forward or backward runs; backward saves just the inputs
+and recomputes X, W, U0, h_n and U.
 
 Backward, with dh_{N} = gradient of the final state, per chunk in reverse::
 
@@ -38,7 +39,7 @@ Layout: q, k ``[T, B, H, d_dot]``, v ``[T, B, H, d_value]``, beta/erase ``[T, B,
 time-major, read through their strides; states ``[B, H, d_dot, d_value]`` float32.
 
 The sequential forward pass carries h_n in registers when d_dot <= REG_STATE_MAX_D_DOT
-(fwp_kernels.triton_utils; 64) and otherwise, like the reverse pass for dh_n, through the
+(fwp_kernels.triton.common; 64) and otherwise, like the reverse pass for dh_n, through the
 global chunk-state buffer, so any d_dot (up to 512) is handled by a loop over d_dot
 tiles; ``tl.debug_barrier()`` orders each chunk's writes before the next chunk's reads
 within the program.
@@ -50,18 +51,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ..linear_attn.chunk import chunk_output_fwd
-from ..triton_utils import (
+from .common import (
+    ChunkPasses,
     buffer_strides4,
-    check_chunk_size,
-    check_out_dtype,
-    check_qkv,
-    check_state,
-    check_strength,
+    chunk_output_fwd,
+    chunk_scan,
     chunked_to_time_major,
-    device_guard,
     dot_precision,
-    kernel_query,
     launch_options,
     load_tile,
     load_vec,
@@ -476,30 +472,7 @@ def chunk_delta_rule_bwd(q, k, v, beta, erase, h0, do, dht, chunk_size, dq_dtype
     return dq, dk, dv, dbeta.to(beta.dtype), derase, dh0
 
 
-class ChunkDeltaRuleFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, beta, erase, h0, chunk_size, out_dtype):
-        ctx.set_materialize_grads(False)
-        ctx.q_dtype, q = q.dtype, kernel_query(q, k)
-        ctx.prec = dot_precision(k.dtype, float32_query=ctx.q_dtype == torch.float32)
-        with device_guard(q):
-            o, ht = chunk_delta_rule_fwd(q, k, v, beta, erase, h0, chunk_size, out_dtype, ctx.prec)
-        ctx.save_for_backward(q, k, v, beta, erase, h0)
-        ctx.chunk_size = chunk_size
-        return o, ht
-
-    @staticmethod
-    def backward(ctx, do, dht):
-        q, k, v, beta, erase, h0 = ctx.saved_tensors
-        if do is None:
-            do = torch.zeros(v.shape, device=v.device, dtype=v.dtype)
-        if dht is not None:
-            dht = dht.float().contiguous()  # read as a contiguous [B*H, K, V] block
-        with device_guard(q):
-            dq, dk, dv, dbeta, derase, dh0 = chunk_delta_rule_bwd(
-                q, k, v, beta, erase, h0, do, dht, ctx.chunk_size, ctx.q_dtype, ctx.prec
-            )
-        return dq, dk, dv, dbeta, derase, (dh0 if h0 is not None else None), None, None
+PASSES = ChunkPasses(chunk_delta_rule_fwd, chunk_delta_rule_bwd)
 
 
 def chunk_delta_rule(
@@ -515,33 +488,14 @@ def chunk_delta_rule(
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Causal delta rule with Triton chunked kernels (differentiable in every input).
 
-    q, k: ``[T, B, H, d_dot]``; v: ``[T, B, H, d_value]`` (time-major, any strides,
-    float32/float16/bfloat16, one dtype; q may also be float32 with half k, v: see
-    :func:`fwp_kernels.triton_utils.kernel_query`). beta: write strengths ``[T, B, H]``; erase:
-    optional erase strengths ``[T, B, H]`` (default: beta). initial_state:
-    ``[B, H, d_dot, d_value]`` (S = W^T, used as float32). Returns ``(o, final_state)``:
-    o ``[T, B, H, d_value]`` in ``out_dtype`` (default v's dtype; accumulated in float32,
-    rounded once when stored; float32 for an attention-normalised read, see
-    :func:`fwp_kernels.linear_attn.chunk_linear_attn`), final_state
-    ``[B, H, d_dot, d_value]`` float32 or None. Keys are used as given (the model
-    sum-normalises them, Eq. 29).
+    beta: write strengths ``[T, B, H]``; erase: optional erase strengths ``[T, B, H]``
+    (default: beta), in a supported dtype. q, k, v, initial_state, out_dtype and the
+    returned ``(o, final_state)`` are as in
+    :func:`fwp_kernels.triton.linear_attn.chunk_linear_attn`. Keys are used as given (the
+    model sum-normalises them, Eq. 29).
     """
-    T, B, H, K, V = check_qkv(q, k, v)
-    check_chunk_size(chunk_size)
-    out_dtype = check_out_dtype(out_dtype, v)
-    check_strength("beta", beta, q)
-    if erase is not None:
-        check_strength("erase", erase, q)
-    h0 = None
-    if initial_state is not None:
-        check_state("initial_state", initial_state, q, K, V)
-        h0 = initial_state.float().contiguous()
-    if T == 0:
-        o = v.new_zeros(0, B, H, V, dtype=out_dtype)
-        ht = h0 if h0 is not None else q.new_zeros(B, H, K, V, dtype=torch.float32)
-        return o, (ht if output_final_state else None)
-    o, ht = ChunkDeltaRuleFunction.apply(q, k, v, beta, erase, h0, chunk_size, out_dtype)
-    return o, (ht if output_final_state else None)
+    strengths = (("beta", beta, True), ("erase", erase, False))
+    return chunk_scan(PASSES, q, k, v, strengths, initial_state, output_final_state, chunk_size, out_dtype)
 
 
 __all__ = ["chunk_delta_rule", "chunk_delta_rule_fwd", "chunk_delta_rule_bwd"]

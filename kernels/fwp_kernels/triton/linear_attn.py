@@ -23,8 +23,9 @@ Layout: q, k ``[T, B, H, d_dot]``, v ``[T, B, H, d_value]`` time-major, read thr
 their strides (non-contiguous views are fine); states ``[B, H, d_dot, d_value]`` float32.
 Nothing per token is stored: backward keeps only the inputs (and the initial state).
 
-:func:`chunk_output_kernel` is shared with the delta rule, whose output has exactly
-this form with V replaced by the chunk's "new values" U.
+The output pass (:func:`fwp_kernels.triton.common.chunk_output_kernel`) is the delta
+rule's too, whose output has exactly this form with V replaced by the chunk's "new
+values" U.
 """
 
 from typing import Optional, Tuple
@@ -33,14 +34,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import (
-    check_chunk_size,
-    check_out_dtype,
-    check_qkv,
-    check_state,
-    device_guard,
+from .common import (
+    ChunkPasses,
+    chunk_output_fwd,
+    chunk_scan,
     dot_precision,
-    kernel_query,
     launch_options,
     load_tile,
     store_tile,
@@ -80,41 +78,6 @@ def linear_attn_state_fwd_kernel(
         b_v = load_tile(v_base, s_vt, s_vd, n * C, i_v * BV, T, V, C, BV)  # [C, BV]
         b_h += tl.dot(b_kT, b_v, input_precision=PREC)
     store_tile(h_base + NT * K * V, b_h, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
-
-
-@triton.jit
-def chunk_output_kernel(
-    q, k, u, h, o,
-    T, H, K, V,
-    s_qt, s_qb, s_qh, s_qd,
-    s_kt, s_kb, s_kh, s_kd,
-    s_ut, s_ub, s_uh, s_ud,
-    s_ot, s_ob, s_oh, s_od,
-    NT,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
-):
-    """Grid (B*H, NT, NV): O_n = Q h_n + tril(Q K^T) U for one chunk and one d_value tile."""
-    i_bh = tl.program_id(0).to(tl.int64)
-    n = tl.program_id(1)
-    i_v = tl.program_id(2)
-    i_b = i_bh // H
-    i_h = i_bh % H
-    q_base = q + i_b * s_qb + i_h * s_qh
-    k_base = k + i_b * s_kb + i_h * s_kh
-    h_base = h + (i_bh * (NT + 1) + n) * K * V
-    b_o = tl.zeros([C, BV], dtype=tl.float32)
-    b_s = tl.zeros([C, C], dtype=tl.float32)
-    for i_k in range(tl.cdiv(K, BK)):
-        b_q = load_tile(q_base, s_qt, s_qd, n * C, i_k * BK, T, K, C, BK)  # [C, BK]
-        b_kT = load_tile(k_base, s_kd, s_kt, i_k * BK, n * C, K, T, BK, C)  # [BK, C]
-        b_h = load_tile(h_base, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
-        b_o += tl.dot(b_q, b_h, input_precision=PREC)
-        b_s += tl.dot(b_q, b_kT, input_precision=PREC)
-    rows = tl.arange(0, C)
-    b_s = tl.where(rows[:, None] >= rows[None, :], b_s, 0.0)
-    b_u = load_tile(u + i_b * s_ub + i_h * s_uh, s_ut, s_ud, n * C, i_v * BV, T, V, C, BV)
-    b_o += tl.dot(b_s, b_u, input_precision=PREC)
-    store_tile(o + i_b * s_ob + i_h * s_oh, b_o, s_ot, s_od, n * C, i_v * BV, T, V, C, BV)
 
 
 @triton.jit
@@ -249,22 +212,6 @@ def chunk_states_fwd(k, v, h0, chunk_size, prec):
     return h
 
 
-def chunk_output_fwd(q, k, u, u_strides, h, out_dtype, chunk_size, prec):
-    """O = Q h_n + tril(Q K^T) U per chunk, as a contiguous [T, B, H, V] tensor."""
-    T, B, H, K = q.shape
-    V = h.shape[-1]
-    C = chunk_size
-    NT = triton.cdiv(T, C)
-    BK, BV = tile_sizes(K, V, prec)
-    o = torch.empty(T, B, H, V, device=q.device, dtype=out_dtype)
-    chunk_output_kernel[(B * H, NT, triton.cdiv(V, BV))](
-        q, k, u, h, o, T, H, K, V,
-        *strides4(q), *strides4(k), *u_strides, *strides4(o), NT,
-        C=C, BK=BK, BV=BV, PREC=prec, **launch_options(BK, BV),
-    )
-    return o
-
-
 def chunk_linear_attn_fwd(q, k, v, h0, chunk_size, out_dtype, prec=None):
     """Returns (o [T,B,H,V] in out_dtype, final state [B,H,K,V] float32); prec: the dot
     precision (default :func:`dot_precision` of k's dtype)."""
@@ -319,28 +266,7 @@ def chunk_linear_attn_bwd(q, k, v, h0, do, dht, chunk_size, dq_dtype, prec=None)
     return dq, dk, dv, dh0
 
 
-class ChunkLinearAttnFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, h0, chunk_size, out_dtype):
-        ctx.set_materialize_grads(False)
-        ctx.q_dtype, q = q.dtype, kernel_query(q, k)
-        ctx.prec = dot_precision(k.dtype, float32_query=ctx.q_dtype == torch.float32)
-        with device_guard(q):
-            o, ht = chunk_linear_attn_fwd(q, k, v, h0, chunk_size, out_dtype, ctx.prec)
-        ctx.save_for_backward(q, k, v, h0)
-        ctx.chunk_size = chunk_size
-        return o, ht
-
-    @staticmethod
-    def backward(ctx, do, dht):
-        q, k, v, h0 = ctx.saved_tensors
-        if do is None:
-            do = torch.zeros(v.shape, device=v.device, dtype=v.dtype)
-        if dht is not None:
-            dht = dht.float().contiguous()  # read as a contiguous [B*H, K, V] block
-        with device_guard(q):
-            dq, dk, dv, dh0 = chunk_linear_attn_bwd(q, k, v, h0, do, dht, ctx.chunk_size, ctx.q_dtype, ctx.prec)
-        return dq, dk, dv, (dh0 if h0 is not None else None), None, None
+PASSES = ChunkPasses(chunk_linear_attn_fwd, chunk_linear_attn_bwd)
 
 
 def chunk_linear_attn(
@@ -356,7 +282,7 @@ def chunk_linear_attn(
 
     q, k: ``[T, B, H, d_dot]``; v: ``[T, B, H, d_value]`` (time-major, any strides,
     float32/float16/bfloat16, one dtype; q may also be float32 with half k, v: see
-    :func:`fwp_kernels.triton_utils.kernel_query`). initial_state: ``[B, H, d_dot, d_value]``
+    :func:`fwp_kernels.triton.common.kernel_query`). initial_state: ``[B, H, d_dot, d_value]``
     (S = W^T, used as float32; differentiable). Returns ``(o, final_state)``: o
     ``[T, B, H, d_value]`` in ``out_dtype`` (default v's dtype; the kernel accumulates o
     in float32 and rounds it once, when storing), final_state ``[B, H, d_dot, d_value]``
@@ -365,19 +291,7 @@ def chunk_linear_attn(
     a float32 o: the un-normalised read grows with T and overflows float16). The
     gradient of o may come in any supported dtype (float32 from that division).
     """
-    T, B, H, K, V = check_qkv(q, k, v)
-    check_chunk_size(chunk_size)
-    out_dtype = check_out_dtype(out_dtype, v)
-    h0 = None
-    if initial_state is not None:
-        check_state("initial_state", initial_state, q, K, V)
-        h0 = initial_state.float().contiguous()
-    if T == 0:
-        o = v.new_zeros(0, B, H, V, dtype=out_dtype)
-        ht = h0 if h0 is not None else q.new_zeros(B, H, K, V, dtype=torch.float32)
-        return o, (ht if output_final_state else None)
-    o, ht = ChunkLinearAttnFunction.apply(q, k, v, h0, chunk_size, out_dtype)
-    return o, (ht if output_final_state else None)
+    return chunk_scan(PASSES, q, k, v, (), initial_state, output_final_state, chunk_size, out_dtype)
 
 
 __all__ = ["chunk_linear_attn", "chunk_linear_attn_fwd", "chunk_linear_attn_bwd"]
