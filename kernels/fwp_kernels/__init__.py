@@ -1,6 +1,9 @@
 """fwp_kernels: fast-weight scans (sum rule and delta rule), references and fast paths.
 
-Nothing heavy is imported eagerly: Triton is only imported when a Triton path is used.
+Modules: ``dispatch`` (:func:`fast_weight_scan`: checks, attention normalisation, choice
+of implementation), ``reference`` (the step-by-step paper form), ``chunk_torch`` (the
+chunk-parallel PyTorch path), ``state``, and the folder ``triton/``, which holds every
+Triton kernel: nothing outside it imports Triton, and importing ``fwp_kernels`` does not.
 
 Tensor layout (all operations): time-major ``[T, B, H, D]``, which is a free view of
 fairseq's ``[T, B, C]`` activations. β and erase strengths are ``[T, B, H]``.

@@ -166,6 +166,13 @@ def chunked_to_time_major(x: torch.Tensor, B: int, H: int, T: int) -> torch.Tens
     return x.view(B, H, -1).permute(2, 0, 1)[:T]
 
 
+def chunk_dims(x: torch.Tensor, y: torch.Tensor, chunk_size: int) -> Tuple[int, int, int, int, int, int]:
+    """(T, B, H, K, V, NT) of a chunked launch over x ``[T, B, H, K]`` (q or k) and y
+    (anything whose last size is d_value): NT chunks of ``chunk_size`` tokens."""
+    T, B, H, K = x.shape
+    return T, B, H, K, y.shape[-1], triton.cdiv(T, chunk_size)
+
+
 def device_guard(x: torch.Tensor):
     """Launch on x's GPU (multi-GPU safety); nothing to do for CPU/interpreter tensors."""
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
@@ -292,6 +299,38 @@ def load_vec(ptr, s, r0, n, BR: tl.constexpr):
     return tl.load(ptr + r * s, mask=r < n, other=0.0).to(tl.float32)
 
 
+@triton.jit
+def batch_head(H):
+    """(i_bh, i_b, i_h) of a program whose first grid axis runs over batch*head; i_bh is
+    int64, so offsets such as ``i_bh * (NT + 1) * K * V`` cannot overflow."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    return i_bh, i_bh // H, i_bh % H
+
+
+@triton.jit
+def chunk_value_grad(
+    q_base, s_qt, s_qd, k_base, s_kt, s_kd, do_base, s_dt, s_dd, dh_next,
+    n, i_v, T, K, V,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """dU = triu(K Q^T) dO + K dh_{n+1} for chunk n and one d_value tile: the gradient of
+    what the chunk writes (V for the sum rule, the new values U for the delta rule).
+    dh_next points at dh_{n+1} ([K, V] float32). Returns (dU, dO)."""
+    b_du = tl.zeros([C, BV], dtype=tl.float32)
+    b_sT = tl.zeros([C, C], dtype=tl.float32)  # K Q^T
+    for i_k in range(tl.cdiv(K, BK)):
+        b_k = load_tile(k_base, s_kt, s_kd, n * C, i_k * BK, T, K, C, BK)
+        b_qT = load_tile(q_base, s_qd, s_qt, i_k * BK, n * C, K, T, BK, C)
+        b_dh = load_tile(dh_next, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
+        b_du += tl.dot(b_k, b_dh, input_precision=PREC)
+        b_sT += tl.dot(b_k, b_qT, input_precision=PREC)
+    rows = tl.arange(0, C)
+    b_sT = tl.where(rows[:, None] <= rows[None, :], b_sT, 0.0)
+    b_do = load_tile(do_base, s_dt, s_dd, n * C, i_v * BV, T, V, C, BV)
+    b_du += tl.dot(b_sT, b_do, input_precision=PREC)
+    return b_du, b_do
+
+
 # ------------------------------------------------------------- chunk output (both rules)
 
 
@@ -308,11 +347,9 @@ def chunk_output_kernel(
 ):
     """Grid (B*H, NT, NV): O_n = Q h_n + tril(Q K^T) U for one chunk and one d_value tile
     (U = V for the sum rule, the chunk's new values for the delta rule)."""
-    i_bh = tl.program_id(0).to(tl.int64)
+    i_bh, i_b, i_h = batch_head(H)
     n = tl.program_id(1)
     i_v = tl.program_id(2)
-    i_b = i_bh // H
-    i_h = i_bh % H
     q_base = q + i_b * s_qb + i_h * s_qh
     k_base = k + i_b * s_kb + i_h * s_kh
     h_base = h + (i_bh * (NT + 1) + n) * K * V
@@ -333,10 +370,8 @@ def chunk_output_kernel(
 
 def chunk_output_fwd(q, k, u, u_strides, h, out_dtype, chunk_size, prec):
     """O = Q h_n + tril(Q K^T) U per chunk, as a contiguous [T, B, H, V] tensor."""
-    T, B, H, K = q.shape
-    V = h.shape[-1]
+    T, B, H, K, V, NT = chunk_dims(q, h, chunk_size)
     C = chunk_size
-    NT = triton.cdiv(T, C)
     BK, BV = tile_sizes(K, V, prec)
     o = torch.empty(T, B, H, V, device=q.device, dtype=out_dtype)
     chunk_output_kernel[(B * H, NT, triton.cdiv(V, BV))](

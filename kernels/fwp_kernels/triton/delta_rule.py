@@ -53,9 +53,12 @@ import triton.language as tl
 
 from .common import (
     ChunkPasses,
+    batch_head,
     buffer_strides4,
+    chunk_dims,
     chunk_output_fwd,
     chunk_scan,
+    chunk_value_grad,
     chunked_to_time_major,
     dot_precision,
     launch_options,
@@ -120,10 +123,8 @@ def delta_rule_prepare_kernel(
     """Grid (B*H, NT): X = (I + tril(diag(c) K K^T, -1))^{-1}, W = X diag(c) K, U0 = X diag(beta) V.
 
     x: [B*H, T_pad, C]; w: [B*H, T_pad, K]; u: [B*H, T_pad, V] (float32)."""
-    i_bh = tl.program_id(0).to(tl.int64)
+    i_bh, i_b, i_h = batch_head(H)
     n = tl.program_id(1)
-    i_b = i_bh // H
-    i_h = i_bh % H
     T_pad = NT * C
     k_base = k + i_b * s_kb + i_h * s_kh
     v_base = v + i_b * s_vb + i_h * s_vh
@@ -167,10 +168,8 @@ def delta_rule_state_fwd_kernel(
     h: [B*H, NT+1, K, V]; vnew (U): [B*H, T_pad, V] (float32). BKH > 0: the whole d_dot
     column of the state (BKH >= K) is carried in registers; BKH = 0: it is carried in h
     itself, d_dot tile by d_dot tile (any K)."""
-    i_bh = tl.program_id(0).to(tl.int64)
+    i_bh, i_b, i_h = batch_head(H)
     i_v = tl.program_id(1)
-    i_b = i_bh // H
-    i_h = i_bh % H
     T_pad = NT * C
     k_base = k + i_b * s_kb + i_h * s_kh
     w_base = w + i_bh * T_pad * K
@@ -255,10 +254,8 @@ def delta_rule_state_bwd_kernel(
     dV = diag(beta) dUX; dbeta partial (this d_value tile) = rowsum(V * dUX).
     dh: [B*H, NT+1, K, V]; dux: [B*H, T_pad, V]; dv: contiguous [T, B, H, V] (time stride
     s_gt); dbeta: [NV, B*H, T_pad] partial sums."""
-    i_bh = tl.program_id(0).to(tl.int64)
+    i_bh, i_b, i_h = batch_head(H)
     i_v = tl.program_id(1)
-    i_b = i_bh // H
-    i_h = i_bh % H
     T_pad = NT * C
     q_base = q + i_b * s_qb + i_h * s_qh
     k_base = k + i_b * s_kb + i_h * s_kh
@@ -270,7 +267,6 @@ def delta_rule_state_bwd_kernel(
     beta_base = beta + i_b * s_bb + i_h * s_bh
     erase_base = erase + i_b * s_cb + i_h * s_ch
     dbeta_base = dbeta + (i_v * tl.num_programs(0) + i_bh) * T_pad
-    rows = tl.arange(0, C)
     for i_k in range(tl.cdiv(K, BK)):
         if HAS_DHT:
             b_dh = load_tile(dht + i_bh * K * V, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
@@ -281,17 +277,9 @@ def delta_rule_state_bwd_kernel(
     for i in range(NT):
         n = NT - 1 - i
         dh_next = dh_base + (n + 1) * K * V
-        b_du = tl.zeros([C, BV], dtype=tl.float32)
-        b_sT = tl.zeros([C, C], dtype=tl.float32)  # K Q^T
-        for i_k in range(tl.cdiv(K, BK)):
-            b_k = load_tile(k_base, s_kt, s_kd, n * C, i_k * BK, T, K, C, BK)
-            b_qT = load_tile(q_base, s_qd, s_qt, i_k * BK, n * C, K, T, BK, C)
-            b_dh = load_tile(dh_next, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
-            b_du += tl.dot(b_k, b_dh, input_precision=PREC)
-            b_sT += tl.dot(b_k, b_qT, input_precision=PREC)
-        b_sT = tl.where(rows[:, None] <= rows[None, :], b_sT, 0.0)
-        b_do = load_tile(do_base, s_dt, s_dd, n * C, i_v * BV, T, V, C, BV)
-        b_du += tl.dot(b_sT, b_do, input_precision=PREC)
+        b_du, b_do = chunk_value_grad(
+            q_base, s_qt, s_qd, k_base, s_kt, s_kd, do_base, s_dt, s_dd, dh_next,
+            n, i_v, T, K, V, C, BK, BV, PREC)
         b_dux, b_c = _delta_rule_dux(
             b_du, x_base, dux_base, beta_base, s_bt, erase_base, s_ct, v_base, s_vt, s_vd,
             dbeta_base, dv + i_bh * V, s_gt, n, i_v, T, V, T_pad, C, BV, PREC)
@@ -319,11 +307,9 @@ def delta_rule_dqk_kernel(
     """Grid (B*H, NT, NK): dQ, dK (one d_dot tile) and this tile's share of dc.
 
     dq, dk: contiguous [T, B, H, K] (time stride s_gt); dc: [NK, B*H, T_pad] partial sums."""
-    i_bh = tl.program_id(0).to(tl.int64)
+    i_bh, i_b, i_h = batch_head(H)
     n = tl.program_id(1)
     i_k = tl.program_id(2)
-    i_b = i_bh // H
-    i_h = i_bh % H
     T_pad = NT * C
     do_base = do + i_b * s_db + i_h * s_dh
     u_base = vnew + i_bh * T_pad * V
@@ -375,10 +361,8 @@ def delta_rule_dqk_kernel(
 
 def delta_rule_prepare(k, v, beta, erase, chunk_size, prec):
     """(X [B*H, T_pad, C], W [B*H, T_pad, K], U0 [B*H, T_pad, V]) float32 per chunk."""
-    T, B, H, K = k.shape
-    V = v.shape[-1]
+    T, B, H, K, V, NT = chunk_dims(k, v, chunk_size)
     C = chunk_size
-    NT = triton.cdiv(T, C)
     BK, BV = tile_sizes(K, V, prec)
     f32 = dict(device=k.device, dtype=torch.float32)
     x = torch.empty(B * H, NT * C, C, **f32)
@@ -394,10 +378,8 @@ def delta_rule_prepare(k, v, beta, erase, chunk_size, prec):
 
 def delta_rule_states_fwd(k, w, u, h0, chunk_size, prec):
     """(h [B*H, N+1, K, V], U [B*H, T_pad, V]) float32: chunk-boundary states and new values."""
-    T, B, H, K = k.shape
-    V = u.shape[-1]
+    T, B, H, K, V, NT = chunk_dims(k, u, chunk_size)
     C = chunk_size
-    NT = triton.cdiv(T, C)
     BK, BV = tile_sizes(K, V, prec)
     h = torch.empty(B * H, NT + 1, K, V, device=k.device, dtype=torch.float32)
     vnew = torch.empty(B * H, NT * C, V, device=k.device, dtype=torch.float32)
@@ -414,9 +396,7 @@ def chunk_delta_rule_fwd(q, k, v, beta, erase, h0, chunk_size, out_dtype, prec=N
     """Returns (o [T,B,H,V] in out_dtype, final state [B,H,K,V] float32). erase=None: c = beta;
     prec: the dot precision (default :func:`dot_precision` of k's dtype)."""
     prec = prec or dot_precision(k.dtype)
-    T, B, H, K = q.shape
-    V = v.shape[-1]
-    NT = triton.cdiv(T, chunk_size)
+    T, B, H, K, V, NT = chunk_dims(q, v, chunk_size)
     x, w, u = delta_rule_prepare(k, v, beta, beta if erase is None else erase, chunk_size, prec)
     h, vnew = delta_rule_states_fwd(k, w, u, h0, chunk_size, prec)
     del x, w, u
@@ -427,10 +407,8 @@ def chunk_delta_rule_fwd(q, k, v, beta, erase, h0, chunk_size, out_dtype, prec=N
 def chunk_delta_rule_bwd(q, k, v, beta, erase, h0, do, dht, chunk_size, dq_dtype, prec=None):
     """Gradients (dq in dq_dtype, dk, dv, dbeta, derase or None, dh0) with everything
     recomputed from the inputs and h0 (prec: the forward's dot precision)."""
-    T, B, H, K = q.shape
-    V = v.shape[-1]
+    T, B, H, K, V, NT = chunk_dims(q, v, chunk_size)
     C = chunk_size
-    NT = triton.cdiv(T, C)
     prec = prec or dot_precision(k.dtype)
     BK, BV = tile_sizes(K, V, prec)
     NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)

@@ -36,8 +36,11 @@ import triton.language as tl
 
 from .common import (
     ChunkPasses,
+    batch_head,
+    chunk_dims,
     chunk_output_fwd,
     chunk_scan,
+    chunk_value_grad,
     dot_precision,
     launch_options,
     load_tile,
@@ -60,11 +63,9 @@ def linear_attn_state_fwd_kernel(
     HAS_H0: tl.constexpr, PREC: tl.constexpr,
 ):
     """Grid (B*H, NK, NV): chunk-boundary states h[bh, n] for n = 0..NT (one [BK, BV] tile)."""
-    i_bh = tl.program_id(0).to(tl.int64)
+    i_bh, i_b, i_h = batch_head(H)
     i_k = tl.program_id(1)
     i_v = tl.program_id(2)
-    i_b = i_bh // H
-    i_h = i_bh % H
     k_base = k + i_b * s_kb + i_h * s_kh
     v_base = v + i_b * s_vb + i_h * s_vh
     h_base = h + i_bh * (NT + 1) * K * V
@@ -91,11 +92,9 @@ def linear_attn_state_bwd_kernel(
     HAS_DHT: tl.constexpr, PREC: tl.constexpr,
 ):
     """Grid (B*H, NK, NV): reverse pass dh_n = dh_{n+1} + Q_n^T dO_n, dh_NT = dht."""
-    i_bh = tl.program_id(0).to(tl.int64)
+    i_bh, i_b, i_h = batch_head(H)
     i_k = tl.program_id(1)
     i_v = tl.program_id(2)
-    i_b = i_bh // H
-    i_h = i_bh % H
     q_base = q + i_b * s_qb + i_h * s_qh
     do_base = do + i_b * s_db + i_h * s_dh
     dh_base = dh + i_bh * (NT + 1) * K * V
@@ -126,11 +125,9 @@ def linear_attn_dqk_kernel(
     """Grid (B*H, NT, NK): dQ = dO h_n^T + tril(dO V^T) K ; dK = triu(V dO^T) Q + V dh_{n+1}^T.
 
     dq and dk are contiguous [T, B, H, K] (time stride s_gt = B*H*K)."""
-    i_bh = tl.program_id(0).to(tl.int64)
+    i_bh, i_b, i_h = batch_head(H)
     n = tl.program_id(1)
     i_k = tl.program_id(2)
-    i_b = i_bh // H
-    i_h = i_bh % H
     v_base = v + i_b * s_vb + i_h * s_vh
     do_base = do + i_b * s_db + i_h * s_dh
     h_base = h + (i_bh * (NT + 1) + n) * K * V
@@ -169,26 +166,15 @@ def linear_attn_dv_kernel(
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
 ):
     """Grid (B*H, NT, NV): dV = triu(K Q^T) dO + K dh_{n+1}; dv contiguous [T, B, H, V] (s_gt = B*H*V)."""
-    i_bh = tl.program_id(0).to(tl.int64)
+    i_bh, i_b, i_h = batch_head(H)
     n = tl.program_id(1)
     i_v = tl.program_id(2)
-    i_b = i_bh // H
-    i_h = i_bh % H
     q_base = q + i_b * s_qb + i_h * s_qh
     k_base = k + i_b * s_kb + i_h * s_kh
     dh_base = dh + (i_bh * (NT + 1) + n + 1) * K * V
-    b_dv = tl.zeros([C, BV], dtype=tl.float32)
-    b_sT = tl.zeros([C, C], dtype=tl.float32)  # K Q^T
-    for i_k in range(tl.cdiv(K, BK)):
-        b_k = load_tile(k_base, s_kt, s_kd, n * C, i_k * BK, T, K, C, BK)
-        b_qT = load_tile(q_base, s_qd, s_qt, i_k * BK, n * C, K, T, BK, C)
-        b_dh = load_tile(dh_base, V, 1, i_k * BK, i_v * BV, K, V, BK, BV)
-        b_dv += tl.dot(b_k, b_dh, input_precision=PREC)
-        b_sT += tl.dot(b_k, b_qT, input_precision=PREC)
-    rows = tl.arange(0, C)
-    b_sT = tl.where(rows[:, None] <= rows[None, :], b_sT, 0.0)
-    b_do = load_tile(do + i_b * s_db + i_h * s_dh, s_dt, s_dd, n * C, i_v * BV, T, V, C, BV)
-    b_dv += tl.dot(b_sT, b_do, input_precision=PREC)
+    b_dv, _ = chunk_value_grad(
+        q_base, s_qt, s_qd, k_base, s_kt, s_kd, do + i_b * s_db + i_h * s_dh, s_dt, s_dd, dh_base,
+        n, i_v, T, K, V, C, BK, BV, PREC)
     store_tile(dv + i_bh * V, b_dv, s_gt, 1, n * C, i_v * BV, T, V, C, BV)
 
 
@@ -197,10 +183,8 @@ def linear_attn_dv_kernel(
 
 def chunk_states_fwd(k, v, h0, chunk_size, prec):
     """All chunk-boundary states ``[B*H, N+1, K, V]`` float32 of the sum rule."""
-    T, B, H, K = k.shape
-    V = v.shape[-1]
+    T, B, H, K, V, NT = chunk_dims(k, v, chunk_size)
     C = chunk_size
-    NT = triton.cdiv(T, C)
     BK, BV = tile_sizes(K, V, prec)
     h = torch.empty(B * H, NT + 1, K, V, device=k.device, dtype=torch.float32)
     grid = (B * H, triton.cdiv(K, BK), triton.cdiv(V, BV))
@@ -241,10 +225,8 @@ def chunk_state_grads_bwd(q, do, dht, K, V, chunk_size, prec):
 def chunk_linear_attn_bwd(q, k, v, h0, do, dht, chunk_size, dq_dtype, prec=None):
     """Gradients (dq in dq_dtype, dk, dv, dh0) of the sum rule; chunk states recomputed from h0
     (prec: the forward's dot precision)."""
-    T, B, H, K = q.shape
-    V = v.shape[-1]
+    T, B, H, K, V, NT = chunk_dims(q, v, chunk_size)
     C = chunk_size
-    NT = triton.cdiv(T, C)
     prec = prec or dot_precision(k.dtype)
     BK, BV = tile_sizes(K, V, prec)
     h = chunk_states_fwd(k, v, h0, chunk_size, prec)

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import check_out_dtype, check_qkv, check_state, check_strength, device_guard, tile_sizes
+from .common import batch_head, check_out_dtype, check_qkv, check_state, check_strength, device_guard, tile_sizes
 
 
 @triton.jit
@@ -36,10 +36,8 @@ def fast_weight_step_kernel(
     BK: tl.constexpr, BV: tl.constexpr, DELTA: tl.constexpr,
 ):
     """Grid (B*H, NV). DELTA = False: the sum rule (beta, erase unread)."""
-    i_bh = tl.program_id(0).to(tl.int64)
+    i_bh, i_b, i_h = batch_head(H)
     i_v = tl.program_id(1)
-    i_b = i_bh // H
-    i_h = i_bh % H
     cv = i_v * BV + tl.arange(0, BV)
     mv = cv < V
     b_v = tl.load(v + i_b * s_vb + i_h * s_vh + cv * s_vd, mask=mv, other=0.0).to(tl.float32)
