@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Static resource use of every Triton kernel, compiled for a GPU without one.
 
-Compiles each kernel of fwp_kernels (chunked forward/backward passes of both rules, the
-one-token step kernels) with the launch configuration the host code uses (chunk 64,
-GPU tile sizes, warps, pipelining depth) for an NVIDIA target (default sm_90, the
-H100/H200), and prints a markdown table of shared memory per block, registers per
-thread and spilled bytes (local-memory stack frame), read from the cubin with the
-``cuobjdump`` that Triton ships. With ``--check`` it exits 1 when a kernel needs more
-shared memory than the target has per block (227 KiB on sm_90), i.e. could not launch.
+Compiles each kernel of fwp_kernels.triton (chunked forward/backward passes of both
+rules, the one-token step kernel for each rule) with the launch configuration the host
+code uses (chunk 64, GPU tile sizes, warps, pipelining depth) for an NVIDIA target
+(default sm_90, the H100/H200), and prints a markdown table of shared memory per block,
+registers per thread and spilled bytes (local-memory stack frame), read from the cubin
+with the ``cuobjdump`` that Triton ships. With ``--check`` it exits 1 when a kernel
+needs more shared memory than the target has per block (227 KiB on sm_90), i.e. could
+not launch.
 
 Needs Triton with its NVIDIA backend; no GPU, no CUDA driver. The Triton interpreter
 must be off (unset TRITON_INTERPRET).
