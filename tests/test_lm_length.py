@@ -3,8 +3,9 @@
 Only learned positional embeddings (``--decoder-learned-pos``) limit how many tokens an
 ``fwp_lm`` reads; without positional embeddings, or with fairseq's sinusoidal ones (which
 it extends to any length), the fast weight state is O(1) and fairseq-generate,
--interactive and -eval-lm run to any length by default. Learned positions keep their limit
-and say so.
+-interactive and -eval-lm run to any length by default (once fairseq prepares the model
+for inference; training keeps fairseq's size filter of its data). Learned positions keep
+their limit and say so.
 
 Models are trained at L = 16 (``--tokens-per-sample 16``, so ``max_target_positions`` 16)
 on a 23-word vocabulary. Numerics against float64: incremental decoding (fairseq's
@@ -107,7 +108,8 @@ def test_incremental_decoding_equals_full_forward_far_past_the_training_length(t
     data = write_data(tmp_path / "bin")
     _, model, _ = setup(data, model_flags=flags + POSITIONS[pos], tokens_per_sample=L_TRAIN)
     model = model.double().eval()
-    assert model.decoder.max_target_positions == L_TRAIN
+    assert model.decoder.max_target_positions == L_TRAIN == model.max_positions()  # training: fairseq's size filter
+    model.make_generation_fast_()  # what fairseq's prepare_for_inference_ calls (generate, interactive, eval-lm, hub)
     assert model.max_positions() >= 2**62 and model.max_decoder_positions() >= 2**62  # no limit
     T = SCORED + NEW
     tokens = torch.randint(4, 24, (1, T), generator=torch.Generator().manual_seed(0))
@@ -174,6 +176,7 @@ def test_full_context_evaluation_reads_500_tokens(trained, pos):
 def test_learned_positions_keep_their_limit_and_say_so(trained):
     data, cks = trained
     model = load(cks["learned"])
+    model.make_generation_fast_()
     assert model.max_positions() == model.max_decoder_positions() == L_TRAIN
     prefix = " ".join(f"w{i}" for i in range(5))
     p = subprocess.run(

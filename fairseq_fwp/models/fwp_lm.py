@@ -47,15 +47,26 @@ def _check_cutoffs(flag: str, cutoffs, vocab_size: int):
 
 class FwpLanguageModelDecoder(FwpTransformerDecoder):
     """The language model's decoder. Only learned positional embeddings limit how many
-    tokens it reads: without positional embeddings (or with sinusoidal ones, which fairseq
-    extends to any length) a fast weight LM keeps an O(1) state and runs to any length, so
-    ``max_positions`` is unlimited there and fairseq-generate, -interactive, -eval-lm and the
-    hub interface do not cap sequences at the training --tokens-per-sample."""
+    tokens it can read: without positional embeddings (or with sinusoidal ones, which fairseq
+    extends to any length) a fast weight LM keeps an O(1) state and runs to any length.
+
+    fairseq uses ``max_positions`` both as that limit and as the size filter of training
+    data (``max_target_positions``, by default the training --tokens-per-sample). Training
+    and fairseq-validate keep it, so the data an experiment sees is unchanged; once fairseq
+    prepares the model for inference (``prepare_for_inference_`` -> ``make_generation_fast_``,
+    which fairseq-generate, -interactive, -eval-lm and the hub interface call before asking
+    for the limit, and after which the model cannot train), ``max_positions`` is unlimited
+    unless the positions are learned."""
+
+    inference = False  # set by make_generation_fast_
+
+    def make_generation_fast_(self, **kwargs):
+        self.inference = True
 
     def max_positions(self):
-        if isinstance(self.embed_positions, LearnedPositionalEmbedding):
-            return super().max_positions()
-        return UNLIMITED_POSITIONS
+        if self.inference and not isinstance(self.embed_positions, LearnedPositionalEmbedding):
+            return UNLIMITED_POSITIONS
+        return super().max_positions()
 
 
 @register_model("fwp_lm", dataclass=FwpLanguageModelConfig)
