@@ -2,9 +2,10 @@
 
     python recipes/launch.py RECIPE COMMAND [ARGS...]
 
-RECIPE is a module of ``recipes/fwp_recipes`` (``wikitext103``, ``wmt14``) whose ``COMMANDS``
-maps COMMAND (``prepare``, ``train``, ``evaluate``, ``smoke``) to a function of the remaining
-arguments. A :class:`fwp_recipes.common.RecipeError` ends the run with ``error: <message>``
+RECIPE is a module of ``recipes/fwp_recipes`` (``wikitext103``, ``wmt14``, ``synthetic``,
+``demo``) whose ``COMMANDS`` maps COMMAND (``prepare``, ``train``, ``evaluate``, ``smoke``; the
+synthetic task's settings ``capacity``, ``update_rules``; the demo's ``run``) to a function of
+the remaining arguments. All of them run fairseq through ``fwp_recipes.common``. All of them run fairseq through ``fwp_recipes.common``. A :class:`fwp_recipes.common.RecipeError` ends the run with ``error: <message>``
 and exit code 2, without a traceback.
 """
 
@@ -16,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fwp_recipes.common import RecipeError  # noqa: E402
 
-RECIPES = ("wikitext103", "wmt14")
+RECIPES = ("wikitext103", "wmt14", "synthetic", "demo")
 
 
 def main(argv) -> int:

@@ -33,7 +33,8 @@ def test_wmt14_rows():
 
 
 def test_synthetic_rows():
-    sweep = _load("fwp_sweep_presets", "recipes/synthetic/sweep.py")
+    from fwp_recipes import synthetic as sweep
+
     got = {f"{s}/{scale}/{name}": list(flags) for s, scales in sweep.SETTINGS.items()
            for scale, conf in scales.items() for name, flags in conf["models"].items()}
     assert got == PINNED["synthetic"]
@@ -45,7 +46,8 @@ def test_wikitext103_rows(row):
 
 
 def test_demo_rows():
-    demo = _load("fwp_demo_presets", "scripts/demo.py")
+    from fwp_recipes import demo
+
     assert {n: [label, list(flags)] for n, (label, flags) in demo.ATTENTIONS.items()} == PINNED["demo"]
 
 

@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 
-from fwp_recipes import common, wikitext103 as wt, wmt14  # noqa: E402
+from fwp_recipes import common, downloads, wikitext103 as wt, wmt14  # noqa: E402
 from fwp_recipes.common import RecipeError  # noqa: E402
 
 FLIPS = (0xFF, 0x01)  # every bit of the byte, and its lowest bit
@@ -36,8 +36,8 @@ def _test_full_tgz(out: Path) -> Path:
     src = ["Gutach: Increased safety for pedestrians", "They are not even 100 metres apart."]
     ref = ["Gutach: Noch mehr Sicherheit für Fußgänger", "Sie stehen keine 100 Meter voneinander entfernt."]
     with tarfile.open(path, "w:gz") as t:
-        wmt14._add(t, "test-full/newstest2014-deen-src.en.sgm", wmt14._sgm(src, "src", "en", "newstest2014"))
-        wmt14._add(t, "test-full/newstest2014-deen-ref.de.sgm", wmt14._sgm(ref, "ref", "de", "newstest2014"))
+        wmt14.toy._add(t, "test-full/newstest2014-deen-src.en.sgm", wmt14.toy._sgm(src, "src", "en", "newstest2014"))
+        wmt14.toy._add(t, "test-full/newstest2014-deen-ref.de.sgm", wmt14.toy._sgm(ref, "ref", "de", "newstest2014"))
     return path
 
 
@@ -97,7 +97,7 @@ def test_every_byte_flip_of_a_tgz_is_refused_or_harmless(tmp_path):
         out = wmt14.extract_members(archive, p, tmp_path / f"x{n[0]}")
         return {role: f.read_bytes() for role, f in out.items()}
 
-    counts, size = _tally(path, wmt14._check_members(archive), extract, tmp_path)
+    counts, size = _tally(path, wmt14.archives._check_members(archive), extract, tmp_path)
     # the gzip header's time stamp / extra-flags / OS bytes change nothing; everything else is refused
     assert counts["refused"] >= 0.9 * size * len(FLIPS), counts
     print(f"test-full.tgz, {size} bytes: {counts}")
@@ -109,13 +109,13 @@ def test_every_byte_flip_of_the_wikitext_zip_is_refused_or_harmless(tmp_path):
 
     def extract(p):
         n[0] += 1
-        out = wt._extract(p, tmp_path / f"x{n[0]}", common.Steps(tmp_path / f"s{n[0]}"))
+        out = wt.data._extract(p, tmp_path / f"x{n[0]}", common.Steps(tmp_path / f"s{n[0]}"))
         return {split: f.read_bytes() for split, f in out.items()}
 
     def check(p):  # what prepare --raw does with a zip: find it, check it, then extract
-        kind, found = wt._find_raw(p)
+        kind, found = wt.data._find_raw(p)
         assert kind == "zip"
-        wt._check_zip(found)
+        wt.data._check_zip(found)
 
     counts, size = _tally(path, check, extract, tmp_path)
     assert counts["refused"] >= 0.5 * size * len(FLIPS), counts  # dates, versions, attributes are unchecked
@@ -151,4 +151,4 @@ def test_gzip_trailer_is_checked(tmp_path):
     data[-6] ^= 0x01  # CRC-32 of the uncompressed tar (the last 8 bytes: CRC, length)
     path.write_bytes(bytes(data))
     with pytest.raises(RecipeError, match=r"test-full\.tgz: broken or incomplete archive \(BadGzipFile: CRC check failed"):
-        common.test_archive(path)
+        downloads.test_archive(path)

@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 
-from fwp_recipes import common  # noqa: E402
+from fwp_recipes import common, downloads  # noqa: E402
 from fwp_recipes.common import RecipeError  # noqa: E402
 
 
@@ -84,6 +84,61 @@ def test_results_table_replaces_row(tmp_path):
     assert rows == ["| linear | small | 39.5 |", "| delta | small | 38.0 |", "| linear | medium | 30.0 |"]
 
 
+def test_default_precision_and_rank(monkeypatch):
+    import torch
+
+    assert common.default_precision() == ("bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+                                          else "fp16")
+    monkeypatch.setenv("FWP_NUM_GPUS", "2")
+    assert common.precision_flags(None) == [f"--{common.default_precision()}"]  # the one default of every recipe
+    for k in ("RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(k, raising=False)
+    assert common.rank() == 0
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    assert common.rank() == 3
+
+
+def test_execute_quiet_with_progress(tmp_path, capsys):
+    script = "import sys; print('| train_inner | epoch 1 | loss 2'); print('other'); sys.exit(3)"
+    rc, out = common.execute([sys.executable, "-c", script], log=tmp_path / "x.log", echo=False, poll=0,
+                             progress=lambda line: line.strip() if "train_inner" in line else None)
+    assert rc == 3 and "other" in out and "other" in (tmp_path / "x.log").read_text()
+    printed = capsys.readouterr()
+    assert "other" not in printed.out and "| train_inner | epoch 1 | loss 2" in printed.out
+    with pytest.raises(RecipeError, match="exit code 3"):
+        common.run([sys.executable, "-c", script], echo=False)
+
+
+def test_run_all(monkeypatch):
+    seen = []
+    common.run_all(seen.append, [1, 2, 3], jobs=1)
+    common.run_all(seen.append, [4, 5], jobs=2)
+    assert sorted(seen) == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError):
+        common.run_all(lambda x: int("x"), [1, 2], jobs=2)
+
+
+def test_train_once_markers_and_fresh(tmp_path, monkeypatch, capsys):
+    ran = []
+
+    def fake_run(cmd, log=None, **kw):
+        ran.append(cmd)
+        (tmp_path / "ck").mkdir(exist_ok=True)
+        (tmp_path / "ck" / "checkpoint_last.pt").write_bytes(b"x")
+        return ""
+
+    monkeypatch.setattr(common, "run", fake_run)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("SLURM_PROCID", raising=False)
+    assert common.train_once(["train"], tmp_path / "ck", "k", name="r", tag="t")
+    assert not common.train_once(["train"], tmp_path / "ck", "k", name="r", tag="t")  # finished: skipped
+    assert common.train_once(["train"], tmp_path / "ck", "k2", name="r", tag="t")  # other flags: resumes
+    assert "r: resuming from" in capsys.readouterr().err
+    (tmp_path / "ck" / "stale").write_text("")
+    assert common.train_once(["train"], tmp_path / "ck", "k2", name="r", tag="t", fresh=True)
+    assert not (tmp_path / "ck" / "stale").exists() and len(ran) == 3
+
+
 def test_steps(tmp_path):
     steps = common.Steps(tmp_path)
     key = common.key_of("a", 1)
@@ -112,15 +167,15 @@ def _archives(tmp_path):
 
 def test_archive_checks(tmp_path):
     for path in _archives(tmp_path):
-        common.test_archive(path)
+        downloads.test_archive(path)
         cut = tmp_path / ("cut-" + path.name)
         cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
         with pytest.raises(RecipeError, match="cut-"):
-            common.test_archive(cut)
+            downloads.test_archive(cut)
     page = tmp_path / "error.zip"
     page.write_text("<html>403 Forbidden</html>")
     with pytest.raises(RecipeError, match="not a zip, tar or gzip"):
-        common.test_archive(page)
+        downloads.test_archive(page)
 
 
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):
@@ -172,19 +227,19 @@ def test_download_resumes_and_falls_back(tmp_path, server, capsys):
     dest.parent.mkdir()
     (dest.parent / "a.zip.part").write_bytes(z.read_bytes()[:1000])  # a killed download
     urls = [f"{base}/original/a.zip", f"{base}/mirror/a.zip"]  # the first answers 404
-    common.download(urls, dest, size=size, sha256=sha, check=common.test_archive)
+    downloads.download(urls, dest, size=size, sha256=sha, check=downloads.test_archive)
     assert dest.read_bytes() == z.read_bytes()
     assert _RangeHandler.sent == size - 1000  # only the missing part was fetched
     err = capsys.readouterr().err
     assert f"served by {base}/mirror/a.zip" in err
     assert f"{base}/original/a.zip failed: HTTP Error 404" in err  # each failed address is said as it fails
     _RangeHandler.sent = 0
-    common.download(urls, dest, size=size, sha256=sha)  # present and verified: no network
+    downloads.download(urls, dest, size=size, sha256=sha)  # present and verified: no network
     assert _RangeHandler.sent == 0
     with pytest.raises(RecipeError, match=r"tried:\n.*original/a.zip.*404.*\n.*--raw DIR"):
-        common.download([f"{base}/original/a.zip"], tmp_path / "dl" / "b.zip")
+        downloads.download([f"{base}/original/a.zip"], tmp_path / "dl" / "b.zip")
     with pytest.raises(RecipeError, match="sha256"):
-        common.download([f"{base}/mirror/a.zip"], tmp_path / "dl" / "c.zip", sha256="0" * 64)
+        downloads.download([f"{base}/mirror/a.zip"], tmp_path / "dl" / "c.zip", sha256="0" * 64)
     assert not (tmp_path / "dl" / "c.zip.part").exists()  # a complete wrong file is not resumed from
 
 

@@ -1,4 +1,4 @@
-"""The WikiText-103 recipe (recipes/wikitext103/, recipes/fwp_recipes/wikitext103.py).
+"""The WikiText-103 recipe (recipes/wikitext103/, recipes/fwp_recipes/wikitext103/).
 
 Launcher arithmetic and the fairseq commands for every MODEL (no subprocess), the paper's
 row table, prepare --raw from a generated zip and from loose files (fairseq-preprocess),
@@ -195,7 +195,7 @@ def test_state_size_from_checkpoint(tmp_path):
         return wt.model_stats(path)
 
     st = save("linear")
-    assert st["state"] == 16 * 8 * 32 * 32 == 131_072 and wt._m(st["state"]) == "0.13"  # Table 4: 0.13M
+    assert st["state"] == 16 * 8 * 32 * 32 == 131_072 and wt.results._m(st["state"]) == "0.13"  # Table 4: 0.13M
     assert st["params"] == 12 + 5 and st["num_updates"] == 7  # tied (shared) tensors counted once
     assert save("dpfp", nu=2)["state"] == 16 * 8 * (2 * 2 * 32) * 32
     assert save("favor", m=16)["d_dot"] == 32
@@ -223,12 +223,12 @@ def test_result_rows_follow_the_paper_tables():
     assert sorted(rows) == [2, 5] and rows[2][8:10] == ["—", "—"]  # no full mode without fast weights
 
 
-def test_section_table(tmp_path):
+def test_results_table_with_sections(tmp_path):
     path = tmp_path / "r.md"
-    wt.section_table(path, "T2", ["run", "x"], ["a", 1], "# pre")
-    wt.section_table(path, "T3", ["run", "y"], ["a", 2])
-    wt.section_table(path, "T2", ["run", "x"], ["b", 3])
-    wt.section_table(path, "T2", ["run", "x"], ["a", 4])
+    common.results_table(path, ["run", "x"], ("a",), ["a", 1], "# pre", section="T2")
+    common.results_table(path, ["run", "y"], ("a",), ["a", 2], section="T3")
+    common.results_table(path, ["run", "x"], ("b",), ["b", 3], section="T2")
+    common.results_table(path, ["run", "x"], ("a",), ["a", 4], section="T2")
     text = path.read_text()
     assert text.startswith("# pre")
     t2, t3 = text.split("## T3")
@@ -285,17 +285,17 @@ def test_prepare_downloads_original_then_mirror(tmp_path, monkeypatch, capsys):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{srv.server_address[1]}"
     try:
-        monkeypatch.setattr(wt, "URLS", (f"{base}/s3/{wt.ZIP_NAME}", f"{base}/other/{wt.ZIP_NAME}", f"{base}/good/{wt.ZIP_NAME}"))
-        monkeypatch.setattr(wt, "ZIP_MD5", hashlib.md5(good.read_bytes()).hexdigest())
+        monkeypatch.setattr(wt.data, "URLS", (f"{base}/s3/{wt.ZIP_NAME}", f"{base}/other/{wt.ZIP_NAME}", f"{base}/good/{wt.ZIP_NAME}"))
+        monkeypatch.setattr(wt.data, "ZIP_MD5", hashlib.md5(good.read_bytes()).hexdigest())
         binarized = []
-        monkeypatch.setattr(wt, "_binarize", lambda files, dest, *a: binarized.append(files))
-        monkeypatch.setattr(wt, "data_info", lambda data: {"vocab": 0})
+        monkeypatch.setattr(wt.data, "_binarize", lambda files, dest, *a: binarized.append(files))
+        monkeypatch.setattr(wt.data, "data_info", lambda data: {"vocab": 0})
         assert wt.prepare(["--workdir", str(tmp_path / "w")]) == 0
     finally:
         srv.shutdown()
     err = capsys.readouterr().err
     tried = re.findall(r"downloading wikitext-103-v1\.zip from (\S+)", err)
-    assert tried == list(wt.URLS)  # original first, the wrong-md5 copy refused, then the good mirror
+    assert tried == list(wt.data.URLS)  # original first, the wrong-md5 copy refused, then the good mirror
     assert f"served by {base}/good/{wt.ZIP_NAME}" in err
     with zipfile.ZipFile(good) as z:
         assert binarized[0]["test"].read_bytes() == z.read("wikitext-103/wiki.test.tokens")
@@ -375,7 +375,7 @@ def test_train_rerun_and_resume(smoke, capsys):
     finally:
         del os.environ["FWP_NUM_GPUS"]
     captured = capsys.readouterr()
-    assert "continuing from" in captured.err
+    assert "resuming from" in captured.err
     log = captured.out
     assert "Loaded checkpoint" in log and "@ 300 updates" in log
     assert wt.model_stats(out / "checkpoints" / "tiny-delta" / "checkpoint_last.pt")["num_updates"] == 320

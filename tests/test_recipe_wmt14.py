@@ -1,4 +1,4 @@
-"""The WMT14 En-De recipe (recipes/wmt14_en_de, recipes/fwp_recipes/wmt14.py).
+"""The WMT14 En-De recipe (recipes/wmt14_en_de, recipes/fwp_recipes/wmt14/).
 
 Fast checks of the model table (Table 1 / Table 6), the batch arithmetic, the commands
 and the bad-input errors; then one end-to-end run of ``smoke.sh`` (generated archives
@@ -103,14 +103,14 @@ def test_cpu_command_has_no_half_precision(monkeypatch, tmp_path):
 def test_distributed_flags(monkeypatch):
     for k in ("SLURM_JOB_ID", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "FWP_DISTRIBUTED_PORT"):
         monkeypatch.delenv(k, raising=False)
-    assert wmt14.distributed_flags(0) == []  # CPU
-    assert wmt14.distributed_flags(1) == ["--distributed-world-size", "1"]  # not every visible GPU
-    assert wmt14.distributed_flags(8) == ["--distributed-world-size", "8"]  # fairseq spawns 8 processes
+    assert common.distributed_flags(0) == []  # CPU
+    assert common.distributed_flags(1) == ["--distributed-world-size", "1"]  # not every visible GPU
+    assert common.distributed_flags(8) == ["--distributed-world-size", "8"]  # fairseq spawns 8 processes
     monkeypatch.setenv("SLURM_JOB_ID", "123456")  # srun, one task per GPU
-    assert wmt14.distributed_flags(16) == ["--distributed-world-size", "16", "--distributed-port", "13456"]
+    assert common.distributed_flags(16) == ["--distributed-world-size", "16", "--distributed-port", "13456"]
     for k, v in (("MASTER_ADDR", "n0"), ("MASTER_PORT", "29500"), ("WORLD_SIZE", "16"), ("RANK", "3")):
         monkeypatch.setenv(k, v)  # torchrun inside an allocation: fairseq uses env://
-    assert wmt14.distributed_flags(16) == ["--distributed-world-size", "16"]
+    assert common.distributed_flags(16) == ["--distributed-world-size", "16"]
 
 
 @pytest.mark.parametrize("gpus,freq", [(1, 48), (2, 24), (3, 16), (4, 12), (8, 6)])
@@ -196,7 +196,7 @@ def test_missing_raw_archive_is_named_with_the_layout(tmp_path):
 def test_raw_archive_without_the_expected_member(tmp_path):
     wmt14.write_fake_archives(tmp_path / "raw", train_pairs=30, valid=5, test=5)
     with tarfile.open(tmp_path / "raw" / "test-full.tgz", "w:gz") as t:  # wrong inner layout
-        wmt14._add(t, "newstest2014-deen-src.en.sgm", '<seg id="1">x</seg>\n')
+        wmt14.toy._add(t, "newstest2014-deen-src.en.sgm", '<seg id="1">x</seg>\n')
     p = launch("prepare", "--raw", tmp_path / "raw", "--data", tmp_path / "data")
     assert p.returncode == 2
     assert "test-full.tgz: no test-full/newstest2014-deen-src.en.sgm" in p.stderr
@@ -428,12 +428,12 @@ def test_download_verifies_and_falls_back_to_the_next_address(tmp_path, monkeypa
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        monkeypatch.setattr(wmt14, "ARCHIVES", tuple(
+        monkeypatch.setattr(wmt14.archives, "ARCHIVES", tuple(
             dataclasses.replace(a, urls=(f"{base}/bad/{a.file}", f"{base}/good/{a.file}"), md5=None)
             for a in wmt14.ARCHIVES))
         data = tmp_path / "data"
         paths = wmt14.fetch_archives(data, None, common.Steps(data))
-        for a in wmt14.ARCHIVES:
+        for a in wmt14.archives.ARCHIVES:
             assert paths[a.file].read_bytes() == (good / a.file).read_bytes()
             assert not paths[a.file].with_name(a.file + ".part").exists()
         (good / "dev.tgz").unlink()  # a rerun must not ask the server again

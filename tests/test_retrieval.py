@@ -404,12 +404,10 @@ def test_delta_rule_beats_sum_rule_with_replacement(one_thread):
 
 # -------------------------------------------------------------- recipe and figure
 def _sweep_module():
-    import importlib.util
+    sys.path.insert(0, os.path.join(REPO, "recipes"))
+    from fwp_recipes import synthetic
 
-    spec = importlib.util.spec_from_file_location("fwp_sweep", os.path.join(REPO, "recipes", "synthetic", "sweep.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return synthetic
 
 
 def test_sweep_summary_status_and_resume(tmp_path):
@@ -432,8 +430,10 @@ def test_sweep_summary_status_and_resume(tmp_path):
     assert sweep.summarize(job, 0, "", 1.0, "cpu")["status"] == "patience"
     assert sweep.summarize(job, 1, "FloatingPointError: gradients are Nan/Inf", 1.0, "cpu")["status"] == "diverged"
     assert sweep.summarize(job, 1, "Traceback: ImportError", 1.0, "cpu") is None  # a failure is retried
-    # a finished run (final.csv present) is skipped without starting fairseq
-    sweep.write_rows(os.path.join(job.run_dir, "final.csv"), [sweep.summarize(job, 0, "", 1.0, "cpu")])
+    # a finished run (final.csv, marked done) is skipped without starting fairseq
+    final = os.path.join(job.run_dir, "final.csv")
+    sweep.write_rows(final, [sweep.summarize(job, 0, "", 1.0, "cpu")])
+    sweep.common.Steps(job.run_dir).mark("final", sweep.common.key_of(sweep.fairseq_command(job, "cpu", 1)), [final])
     assert sweep.run_job(job, "cpu", 1, 1, force=False).startswith("skip")
     rows = sweep.collect(str(tmp_path), "capacity")
     assert [(r["model"], r["num_keys"], r["status"]) for r in rows] == [("linear", "8", "patience")]
@@ -449,7 +449,7 @@ def test_sweep_lists_the_paper_grid(capsys):
                       else ["update_rules", "--list", "--device", "cpu", "--models", "dpfp1-delta"]) == 0
     cmds = capsys.readouterr().out.strip().splitlines()
     assert all("--with-replacement" in c for c in cmds)
-    with pytest.raises(SystemExit):
+    with pytest.raises(sweep.common.RecipeError, match="unknown model"):
         sweep.main(["capacity", "--models", "nosuch", "--list"])
 
 

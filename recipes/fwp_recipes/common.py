@@ -1,5 +1,7 @@
-"""What every recipe needs: process counts and batch arithmetic, precision and logging
-flags, running fairseq, step markers, resumable downloads, archive checks, results tables.
+"""What every recipe needs: process counts and batch arithmetic, precision, distributed and
+logging flags, running fairseq (one runner, one training step with done markers and
+``--fresh``, sequential or parallel runs), step markers, results tables, arguments
+(downloads and archive checks: ``downloads``).
 
 Nothing here knows a dataset or a model; the recipe modules (``wikitext103``, ``wmt14``)
 hold those.
@@ -8,26 +10,16 @@ hold those.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import importlib.util
 import json
-import lzma
-import bz2
 import math
 import os
 import shlex
 import shutil
 import subprocess
-import struct
 import sys
-import tarfile
-import urllib.error
-import urllib.request
-import zipfile
-import zlib
-import gzip
-from collections import deque
+import time
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
@@ -96,12 +88,60 @@ def update_freq_for_tokens(paper_tokens_per_update: int, workers: int, tokens_pe
 PRECISIONS = ("fp16", "bf16", "fp32")
 
 
-def precision_flags(kind: str) -> List[str]:
-    """fairseq's half-precision flag for ``kind`` on GPU; nothing on CPU or for fp32."""
-    check_choice("--precision", kind, PRECISIONS)
-    if kind == "fp32" or world_size() == 0:
+def default_precision() -> str:
+    """bf16 where the GPU has it (Ampere and newer), else fp16 (fairseq's dynamic loss
+    scaling, e.g. the paper's V100s); the one default of every recipe.
+
+    bf16 has float32's exponent range, so no loss-scale overflows in the fast weight sums,
+    FAVOR+'s exp features or a large softmax; fairseq 0.12's --bf16 no longer implies
+    --tpu once the plugin is imported (``fairseq_fwp.bf16_compat``)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return "bf16"
+    except ImportError:
+        pass
+    return "fp16"
+
+
+def precision_flags(kind: Optional[str]) -> List[str]:
+    """fairseq's half-precision flag for ``kind`` (None: :func:`default_precision`) on GPU;
+    nothing on CPU or for fp32."""
+    if kind is not None:
+        check_choice("--precision", kind, PRECISIONS)
+    if world_size() == 0:
         return []
-    return [f"--{kind}"]
+    kind = kind or default_precision()
+    return [] if kind == "fp32" else [f"--{kind}"]
+
+
+def rank() -> int:
+    """This launcher's rank: one launcher per process under torchrun (RANK) or srun (SLURM_PROCID)."""
+    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
+
+
+def distributed_flags(workers: int) -> List[str]:
+    """fairseq's own distributed training: one node spawns a process per GPU itself; under
+    torchrun it reads RANK/WORLD_SIZE/MASTER_*; under srun (one task per GPU) it builds a
+    tcp:// address from the SLURM node list and needs a port, which is derived from the job
+    id (or taken from FWP_DISTRIBUTED_PORT). The world size is always passed, also for one
+    GPU: the batch arithmetic is computed for ``workers`` processes, and without the flag
+    fairseq 0.12 trains on every visible GPU (FWP_NUM_GPUS=1 on an 8-GPU machine would give
+    8 times the paper's batch), and a task that sees only its own GPU would train alone."""
+    if workers < 1:
+        return []
+    flags = ["--distributed-world-size", str(workers)]
+    torchrun = all(k in os.environ for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK"))
+    if workers > 1 and "SLURM_JOB_ID" in os.environ and not torchrun:
+        port = os.environ.get("FWP_DISTRIBUTED_PORT") or str(10000 + int(os.environ["SLURM_JOB_ID"]) % 20000)
+        flags += ["--distributed-port", port]
+    return flags
+
+
+def log(tag: str, msg: str) -> None:
+    """A recipe's own message: ``[tag] msg`` on stderr (fairseq's output goes to stdout)."""
+    print(f"[{tag}] {msg}", file=sys.stderr, flush=True)
 
 
 def tensorboard_flags(logdir) -> List[str]:
@@ -119,36 +159,61 @@ def fairseq_cmd(tool: str, *args) -> List[str]:
     return [sys.executable, "-m", f"fairseq_cli.{tool}", *map(str, args)]
 
 
-def run(cmd: Sequence, log: Optional[Path] = None, env: Optional[dict] = None, cwd=None) -> str:
-    """Run ``cmd``, streaming its output to the terminal and appending it to ``log``.
-
-    Returns the whole output; a non-zero exit raises RecipeError with the last lines."""
+def execute(cmd: Sequence, log: Optional[Path] = None, env: Optional[dict] = None, cwd=None, *,
+            echo: bool = True, progress: Optional[Callable[[str], Optional[str]]] = None,
+            poll: float = 15.0) -> Tuple[int, str]:
+    """Run ``cmd`` (the one way every recipe runs fairseq): its output is appended to
+    ``log`` and streamed to the terminal (``echo=False``: only to the log). With
+    ``progress``, every output line goes through it and the newest status it returns is
+    printed at most every ``poll`` seconds. Ctrl-C stops the command too.
+    Returns (exit code, the whole output)."""
     cmd = [str(c) for c in cmd]
     line = shlex.join(cmd)
-    print(f"[recipe] $ {line}", file=sys.stderr, flush=True)
+    if echo:
+        print(f"[recipe] $ {line}", file=sys.stderr, flush=True)
     out: List[str] = []
-    tail: deque = deque(maxlen=30)
     logf = None
     if log is not None:
         Path(log).parent.mkdir(parents=True, exist_ok=True)
         logf = open(log, "a")
         logf.write(f"$ {line}\n")
+    status, shown, last_shown = None, None, time.time()
     try:
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env=None if env is None else {**os.environ, **env}, cwd=cwd, bufsize=1)
-        for text in p.stdout:
-            sys.stdout.write(text)
-            out.append(text)
-            tail.append(text)
-            if logf:
-                logf.write(text)
-        rc = p.wait()
+        try:
+            for text in p.stdout:
+                if echo:
+                    sys.stdout.write(text)
+                out.append(text)
+                if logf:
+                    logf.write(text)
+                if progress is not None:
+                    status = progress(text) or status
+                    if status != shown and time.time() - last_shown >= poll:
+                        print(f"    {status}", flush=True)
+                        shown, last_shown = status, time.time()
+            rc = p.wait()
+        except KeyboardInterrupt:
+            p.terminate()
+            p.wait()
+            raise
     finally:
         if logf:
             logf.close()
+    if progress is not None and status and status != shown:
+        print(f"    last: {status}", flush=True)
+    return rc, "".join(out)
+
+
+def run(cmd: Sequence, log: Optional[Path] = None, env: Optional[dict] = None, cwd=None, **kwargs) -> str:
+    """:func:`execute`; returns the whole output, a non-zero exit raises RecipeError with
+    the last lines."""
+    rc, out = execute(cmd, log, env, cwd, **kwargs)
     if rc != 0:
-        raise RecipeError(f"command failed with exit code {rc}: {line}\n" + "".join(tail))
-    return "".join(out)
+        tail = "".join(out.splitlines(keepends=True)[-30:])
+        raise RecipeError(f"command failed with exit code {rc}: {shlex.join(map(str, cmd))}\n" + tail)
+    return out
 
 
 def key_of(*parts) -> str:
@@ -202,174 +267,110 @@ class Steps:
         (self.dir / name).unlink(missing_ok=True)
 
 
-# ------------------------------------------------------------------------ downloads
-def _digest(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def verify_file(path: Path, *, size: Optional[int] = None, sha256: Optional[str] = None,
-                md5: Optional[str] = None, check: Optional[Callable[[Path], None]] = None) -> None:
-    """Raise RecipeError unless ``path`` has the given size / checksums and passes ``check``."""
-    path = Path(path)
-    if size is not None and path.stat().st_size != size:
-        raise RecipeError(f"{path}: size {path.stat().st_size} bytes, expected {size}")
-    for algo, want in (("sha256", sha256), ("md5", md5)):
-        if want is not None:
-            got = _digest(path, algo)
-            if got != want.lower():
-                raise RecipeError(f"{path}: {algo} {got}, expected {want}")
-    if check is not None:
-        check(path)
-
-
-def _fetch(url: str, part: Path, timeout: float) -> None:
-    """Download ``url`` into ``part``, continuing from its current size with an HTTP Range request."""
-    have = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url, headers={"User-Agent": "fairseq-fwp-recipe"})
-    if have:
-        req.add_header("Range", f"bytes={have}-")
+def dry_run(cmd: Sequence, check_data: Callable[[], object], tag: str) -> int:
+    """``--dry-run``: print the command, even before the data exists (the GPU arithmetic
+    can be checked before a download); a missing data folder is only noted."""
     try:
-        resp = urllib.request.urlopen(req, timeout=timeout)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and have:  # the partial file is already complete
-            return
-        raise
-    with resp:
-        mode = "ab" if have and resp.status == 206 else "wb"  # 200 = server ignored Range: start over
-        with open(part, mode) as f:
-            shutil.copyfileobj(resp, f, 1 << 20)
+        check_data()
+    except RecipeError as e:
+        log(tag, f"note: the data is missing: {e}")
+    print(shlex.join(map(str, cmd)))
+    return 0
 
 
-def download(urls: Sequence[str], dest, *, size: Optional[int] = None, sha256: Optional[str] = None,
-             md5: Optional[str] = None, check: Optional[Callable[[Path], None]] = None,
-             timeout: float = 60.0) -> Path:
-    """Fetch ``dest`` from the first of ``urls`` that serves a file that verifies.
+def train_once(cmd: Sequence, save_dir: Path, key: str, *, name: str, tag: str, fresh: bool = False,
+               before_run: Optional[Callable[[], None]] = None, log_path: Optional[Path] = None,
+               **run_kwargs) -> bool:
+    """Run one fairseq-train command of a recipe, the same way for every recipe.
 
-    An existing ``dest`` that verifies is kept (no network). A partial download
-    (``dest.part``) is continued. Prints which address served the file. Raises
-    RecipeError listing every address tried and why it failed."""
-    dest = Path(dest)
-    if dest.exists():
-        try:
-            verify_file(dest, size=size, sha256=sha256, md5=md5, check=check)
-            print(f"[recipe] {dest.name}: present and verified", file=sys.stderr)
-            return dest
-        except RecipeError as e:
-            print(f"[recipe] {dest.name}: present but {e}; downloading again", file=sys.stderr)
-            dest.unlink()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    failures = []
-    for url in urls:
-        print(f"[recipe] downloading {dest.name} from {url}" + (" (resuming)" if part.exists() else ""),
-              file=sys.stderr, flush=True)
-        try:
-            _fetch(url, part, timeout)
-            verify_file(part, size=size, sha256=sha256, md5=md5, check=check)
-        except (urllib.error.URLError, OSError, RecipeError, ValueError) as e:
-            failures.append(f"{url}: {e}")
-            print(f"[recipe] {url} failed: {e}", file=sys.stderr, flush=True)
-            if isinstance(e, RecipeError):
-                part.unlink(missing_ok=True)  # complete but wrong: do not resume from it
-            continue
-        part.replace(dest)
-        print(f"[recipe] {dest.name}: served by {url}", file=sys.stderr)
-        return dest
-    raise RecipeError(
-        f"could not download {dest.name}; tried:\n  " + "\n  ".join(failures)
-        + f"\nDownload it yourself and pass the folder that holds it with --raw DIR."
-    )
+    ``--fresh`` (rank 0) deletes ``save_dir`` first. A finished run with the same ``key``
+    (the run's settings and extra flags) and its ``checkpoint_last.pt`` is skipped; a
+    killed one resumes from ``checkpoint_last.pt`` (fairseq's own resumption).
+    ``before_run`` is called when fairseq is about to run (after ``--fresh``; it may refuse
+    an incompatible resume by raising RecipeError). The output goes to
+    ``log_path`` (default ``save_dir/train.log``; other ranks: ``train.rankN.log``) and
+    ``run_kwargs`` go to :func:`run`; rank 0 marks the run done. Returns whether fairseq ran."""
+    save_dir = Path(save_dir)
+    steps = Steps(save_dir)
+    if fresh and save_dir.exists() and rank() == 0:
+        log(tag, f"--fresh: removing {save_dir}")
+        shutil.rmtree(save_dir)
+    last = save_dir / "checkpoint_last.pt"
+    if steps.done("train", key, [last]):
+        log(tag, f"{name}: training finished earlier ({save_dir}/.steps/train); --fresh retrains")
+        return False
+    save_dir.mkdir(parents=True, exist_ok=True)
+    if before_run is not None:
+        before_run()
+    if last.exists():
+        log(tag, f"{name}: resuming from {last}")
+    r = rank()
+    run(cmd, log=log_path or save_dir / ("train.log" if r == 0 else f"train.rank{r}.log"), **run_kwargs)
+    if r == 0:
+        steps.mark("train", key, [last])
+    log(tag, f"{name}: done; checkpoints in {save_dir}")
+    return True
 
 
-# What reading a damaged archive can raise: a bad CRC or length (BadZipFile, BadGzipFile
-# = OSError), a cut stream (EOFError), corrupt deflate/xz data (zlib.error, LZMAError),
-# a damaged zip directory (ValueError, struct.error; NotImplementedError for a flipped
-# compression method; RuntimeError for a flipped encryption bit).
-ARCHIVE_ERRORS = (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError,
-                  ValueError, struct.error, NotImplementedError, RuntimeError)
+def smoke_on_cpu() -> None:
+    """The environment of every smoke run: CPU whatever the machine has, and one thread per
+    fairseq process (tiny models: one thread each is fastest, and runs go one per core)."""
+    os.environ.setdefault("FWP_NUM_GPUS", "0")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-@contextlib.contextmanager
-def reading_archive(path):
-    """Turn any error of reading a damaged archive into one RecipeError line that names
-    the file to download again."""
-    try:
-        yield
-    except RecipeError:
-        raise
-    except ARCHIVE_ERRORS as e:
-        detail = " ".join(str(e).split()) or "no detail"
-        kind = type(e).__name__ if type(e).__name__ != "error" else f"{type(e).__module__}.error"  # zlib.error
-        raise RecipeError(f"{path}: broken or incomplete archive ({kind}: {detail}); "
-                          f"delete it and download {Path(path).name} again") from None
+def run_all(fn: Callable, items: Sequence, jobs: int = 0) -> None:
+    """``fn(item)`` for every item, ``jobs`` at a time (0: one per CPU core), in threads that
+    each wait on their own fairseq process (their logs interleave on the terminal); the
+    first error is raised."""
+    jobs = max(1, min(int(jobs) or os.cpu_count() or 1, len(items)))
+    if jobs == 1:
+        for x in items:
+            fn(x)
+        return
+    from concurrent.futures import ThreadPoolExecutor
 
-
-_COMPRESSED = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ\x00", lzma.open))
-
-
-def _drain(f) -> None:
-    while f.read(1 << 20):
-        pass
-
-
-def test_archive(path) -> None:
-    """Read a zip, tar (plain or compressed) or gzip file through to the end (the type is
-    taken from the content, so ``x.zip.part`` works); RecipeError naming the file if broken.
-
-    Every checksum is checked: each zip member is read to its end (its CRC-32), and a
-    gzip / bzip2 / xz stream is decompressed to its end before the tar inside is read, so
-    the trailer (gzip: CRC-32 and length of every member) is reached; reading a .tgz
-    member by member would stop at the tar's end marker and never see it."""
-    path = Path(path)
-    with reading_archive(path):
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                for info in z.infolist():
-                    with z.open(info) as f:
-                        _drain(f)
-            return
-        with open(path, "rb") as f:
-            head = f.read(6)
-        opener = next((o for magic, o in _COMPRESSED if head.startswith(magic)), None)
-        if opener is not None:
-            with opener(path, "rb") as f:
-                _drain(f)
-        if tarfile.is_tarfile(path):
-            with tarfile.open(path) as t:
-                for member in t:
-                    if member.isfile():
-                        _drain(t.extractfile(member))
-        elif opener is None:
-            raise RecipeError(f"{path}: not a zip, tar or gzip archive (truncated or an error page?); "
-                              f"download {path.name} again")
+    with ThreadPoolExecutor(jobs) as pool:
+        for f in [pool.submit(fn, x) for x in items]:
+            f.result()
 
 
 # ---------------------------------------------------------------------- results tables
-def results_table(path, header: Sequence[str], key: Tuple, row: Sequence, preamble: str = "") -> None:
-    """Put ``row`` into the Markdown table in ``path``: it replaces the row whose first
-    ``len(key)`` cells equal ``key``, else it is appended. A new file gets ``preamble``
-    and the header."""
+def results_table(path, header: Sequence[str], key: Tuple, row: Sequence, preamble: str = "",
+                  section: Optional[str] = None) -> None:
+    """Put ``row`` into a Markdown table of ``path``: it replaces the row whose first
+    ``len(key)`` cells equal ``key``, else it goes after the table's last row.
+
+    With ``section`` the table is the one under ``## section`` (several tables in one file;
+    a missing section is added at the end), else the file's one table. A new file starts
+    with ``preamble``."""
     path = Path(path)
     cells = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
     fmt = lambda values: "| " + " | ".join(str(v) for v in values) + " |"  # noqa: E731
     if len(row) != len(header):
         raise ValueError(f"row has {len(row)} cells, header {len(header)}")
-    if path.exists():
-        lines = path.read_text().splitlines()
+    lines = path.read_text().splitlines() if path.exists() else preamble.rstrip().splitlines()
+    table = [fmt(header), fmt(["---"] * len(header))]
+    if section is None:
+        if not any(line.startswith("|") for line in lines):
+            lines += ([""] if lines else []) + table
+        start = -1
     else:
-        lines = ([preamble.rstrip(), ""] if preamble else []) + [fmt(header), fmt(["---"] * len(header))]
+        head = f"## {section}"
+        if head not in lines:
+            lines += ["", head, ""] + table
+        start = lines.index(head)
+    end = next((i for i in range(start + 1, len(lines)) if section and lines[i].startswith("## ")), len(lines))
     key = tuple(str(k) for k in key)
-    new = fmt(row)
-    for i, line in enumerate(lines):
-        if line.startswith("|") and tuple(cells(line)[: len(key)]) == key:
-            lines[i] = new
-            break
+    last_row = start
+    for i in range(start + 1, end):
+        if lines[i].startswith("|"):
+            last_row = i
+            if tuple(cells(lines[i])[: len(key)]) == key:
+                lines[i] = fmt(row)
+                break
     else:
-        lines.append(new)
+        lines.insert(last_row + 1, fmt(row))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 

@@ -16,6 +16,6 @@ REPO="$(cd "$HERE/../.." && pwd)"
 PYTHON="${PYTHON:-python}"
 OUT="${OUT:-$REPO/outputs/synthetic}"
 export OUT
-"$PYTHON" "$HERE/sweep.py" capacity "$@"
+"$PYTHON" "$REPO/recipes/launch.py" synthetic capacity "$@"
 "$PYTHON" "$REPO/scripts/plot_retrieval.py" "$OUT/capacity/results.csv" -o "$OUT/capacity.png" \
     --title "Setting 1: capacity (no replacement, L = S)"

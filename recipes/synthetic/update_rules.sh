@@ -19,7 +19,7 @@ OUT="${OUT:-$REPO/outputs/synthetic}"
 export OUT
 CURVE_S=20
 for a in "$@"; do [[ "$a" == "--quick" ]] && CURVE_S=16; done
-"$PYTHON" "$HERE/sweep.py" update_rules "$@"
+"$PYTHON" "$REPO/recipes/launch.py" synthetic update_rules "$@"
 "$PYTHON" "$REPO/scripts/plot_retrieval.py" "$OUT/update_rules/results.csv" -o "$OUT/update_rules.png" \
     --title "Setting 2: update rules (with replacement, L = 2S)"
 "$PYTHON" "$REPO/scripts/plot_retrieval.py" --curves "$OUT/update_rules" --num-keys "$CURVE_S" \

@@ -1,7 +1,7 @@
-#!/usr/bin/env python
 """fairseq-fwp demo: toy translation + toy language modelling with three attentions.
 
-Run through ``bash scripts/demo.sh`` (which sets up the environment first). Stages:
+Run through ``bash scripts/demo.sh`` (which sets up the environment first, then runs
+``recipes/launch.py demo run``). Stages:
 
 1. data        synthetic corpora (fairseq_fwp.toy_data): "translation" = reverse the
                sentence and map every word through a fixed lexicon; LM = sentences
@@ -15,9 +15,11 @@ Run through ``bash scripts/demo.sh`` (which sets up the environment first). Stag
 6. lm-eval     fairseq-eval-lm perplexity on the test split
 
 Outputs go to ``outputs/demo/`` (``--out``): one folder per run with its command,
-full fairseq log and results; ``summary.md`` at the end. Every stage writes a
-``.done`` marker, so re-running skips finished work; an interrupted training run
-resumes from its ``checkpoint_last.pt``. ``--fresh`` starts over.
+full fairseq log and results; ``summary.md`` at the end. Every stage is marked done
+(``.steps/``, as every recipe step), so re-running skips finished work; an interrupted
+training run resumes from its ``checkpoint_last.pt``. ``--fresh`` starts over. fairseq
+runs through the recipes' one runner (``fwp_recipes.common``): its output goes to the
+run's log, with a progress line every 15 s.
 """
 
 from __future__ import annotations
@@ -28,17 +30,17 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from typing import Dict, List, Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-USER_DIR = os.path.join(ROOT, "fairseq_fwp")
-PY = sys.executable
+from fairseq_fwp import presets, toy_data
 
-sys.path.insert(0, ROOT)
-from fairseq_fwp import presets, toy_data  # noqa: E402  (imports fairseq_fwp: registers models, allowlist)
+from . import common
+
+ROOT = str(common.REPO)
+USER_DIR = common.USER_DIR
+PY = sys.executable
 
 # name: (label, fwp flags): the Linear Transformer (sum rule, attention normalisation), Delta
 # Net (delta rule, sum normalisation) and the softmax baseline of fairseq_fwp.presets
@@ -56,85 +58,31 @@ def info(text: str) -> None:
     print(f"    {text}", flush=True)
 
 
-def done_marker(path: str) -> str:
-    return os.path.join(path, ".done")
+_PROGRESS = re.compile(r"\| (train_inner|train|valid) \| epoch (\d+)")
 
 
-def is_done(path: str, cmd: Optional[List[str]] = None) -> bool:
-    """Finished before (with the same command line, when ``cmd`` is given)."""
-    if not os.path.exists(done_marker(path)):
-        return False
-    if cmd is None:
-        return True
-    try:
-        with open(done_marker(path)) as f:
-            return json.load(f).get("cmd") == cmd
-    except (OSError, ValueError):
-        return False
-
-
-def mark_done(path: str, payload: Optional[dict] = None) -> None:
-    with open(done_marker(path), "w") as f:
-        json.dump(payload or {}, f)
-
-
-def _progress_line(log_path: str) -> Optional[str]:
-    """The newest training/validation line of a fairseq log, shortened."""
-    try:
-        with open(log_path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 20000))
-            lines = f.read().decode("utf-8", "replace").splitlines()
-    except OSError:
+def progress(line: str) -> Optional[str]:
+    """A short status for a fairseq training/validation line (None for other lines)."""
+    m = _PROGRESS.search(line)
+    if not m:
         return None
-    for line in reversed(lines):
-        m = re.search(r"\| (train_inner|train|valid) \| epoch (\d+)", line)
-        if m:
-            stats = dict(re.findall(r"\b(loss|ppl|num_updates|bleu)[ =]([0-9.]+)", line))
-            kind = {"train_inner": "train", "train": "train (epoch)", "valid": "valid"}[m.group(1)]
-            return f"epoch {int(m.group(2))} {kind}: " + ", ".join(f"{k} {v}" for k, v in stats.items())
-    return None
+    stats = dict(re.findall(r"\b(loss|ppl|num_updates|bleu)[ =]([0-9.]+)", line))
+    kind = {"train_inner": "train", "train": "train (epoch)", "valid": "valid"}[m.group(1)]
+    return f"epoch {int(m.group(2))} {kind}: " + ", ".join(f"{k} {v}" for k, v in stats.items())
 
 
-def run_logged(cmd: List[str], log_path: str, poll: float = 15.0) -> None:
-    """Run a fairseq CLI, full output to log_path, a short progress line every ``poll`` s."""
-    with open(log_path, "a") as log:
-        log.write(f"\n$ {shlex.join(cmd)}\n")
-        log.flush()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        # Tiny models: one intra-op thread is as fast as two and avoids the huge slow-down
-        # of spinning OpenMP threads when the cores are shared. Override by exporting it.
-        env.setdefault("OMP_NUM_THREADS", "1")
-        start = time.time()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        last = None
-        try:
-            while True:
-                try:
-                    proc.wait(timeout=poll)
-                    break
-                except subprocess.TimeoutExpired:
-                    line = _progress_line(log_path)
-                    if line and line != last:
-                        info(f"[{time.time() - start:5.0f}s] {line}")
-                        last = line
-        except KeyboardInterrupt:
-            proc.terminate()
-            proc.wait()
-            raise
-    if proc.returncode != 0:
-        print(f"\n!!! command failed (exit {proc.returncode}); last lines of {log_path}:", flush=True)
-        with open(log_path) as f:
-            print("".join(f.readlines()[-25:]), flush=True)
-        raise SystemExit(proc.returncode)
-    line = _progress_line(log_path)
-    if line:
-        info(f"last: {line}")
+def run_logged(cmd: List[str], log_path: str) -> None:
+    """Run a fairseq CLI: full output to ``log_path``, a short progress line every 15 s."""
+    # Tiny models: one intra-op thread is as fast as two and avoids the huge slow-down
+    # of spinning OpenMP threads when the cores are shared. Override by exporting it.
+    env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    start = time.time()
+    common.run(cmd, log=log_path, env=env, cwd=ROOT, echo=False, progress=progress)
     info(f"finished in {time.time() - start:.0f}s (full log: {os.path.relpath(log_path, ROOT)})")
 
 
 def fairseq(module: str) -> List[str]:
-    return [PY, "-m", f"fairseq_cli.{module}"]
+    return common.fairseq_cmd(module)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -144,46 +92,37 @@ def stage_data(out: str, a) -> Dict[str, str]:
     raw_mt, raw_lm = os.path.join(out, "data", "mt_raw"), os.path.join(out, "data", "lm_raw")
     bin_mt, bin_lm = os.path.join(out, "data", "mt_bin"), os.path.join(out, "data", "lm_bin")
     banner("1/6 data: synthetic corpora")
-    if is_done(raw_mt) and is_done(raw_lm):
+    steps = common.Steps(os.path.join(out, "data"))
+    key = common.key_of(a.mt_train, a.lm_train)
+    raw_files = ([os.path.join(raw_mt, f"{s}.{side}") for s in ("train", "valid", "test") for side in ("src", "tgt")]
+                 + [os.path.join(raw_lm, f"{s}.txt") for s in ("train", "valid", "test")])
+    if steps.done("corpora", key, raw_files):
         info("already done")
     else:
         toy_data.write_translation_corpus(raw_mt, task="reverse", sizes=(a.mt_train, 200, 200), vocab_size=16,
                                           min_len=3, max_len=10, seed=1)
-        mark_done(raw_mt)
         toy_data.write_lm_corpus(raw_lm, sizes=(a.lm_train, 400, 400), seed=1)
-        mark_done(raw_lm)
+        steps.mark("corpora", key, raw_files)
         with open(os.path.join(raw_mt, "test.src")) as fs, open(os.path.join(raw_mt, "test.tgt")) as ft:
             info(f"translation example:  {fs.readline().strip()}  ->  {ft.readline().strip()}")
         with open(os.path.join(raw_lm, "test.txt")) as f:
             info(f"LM example:           {f.readline().strip()}")
     banner("2/6 preprocess: fairseq-preprocess")
-    if is_done(bin_mt):
-        info("translation: already done")
-    else:
-        shutil.rmtree(bin_mt, ignore_errors=True)
-        os.makedirs(bin_mt)
-        run_logged(
-            fairseq("preprocess") + [
-                "--source-lang", "src", "--target-lang", "tgt", "--joined-dictionary",
-                "--trainpref", f"{raw_mt}/train", "--validpref", f"{raw_mt}/valid", "--testpref", f"{raw_mt}/test",
-                "--destdir", bin_mt, "--workers", "1",
-            ],
-            os.path.join(bin_mt, "preprocess.log"),
-        )
-        mark_done(bin_mt)
-    if is_done(bin_lm):
-        info("language model: already done")
-    else:
-        shutil.rmtree(bin_lm, ignore_errors=True)
-        os.makedirs(bin_lm)
-        run_logged(
-            fairseq("preprocess") + [
-                "--only-source", "--trainpref", f"{raw_lm}/train.txt", "--validpref", f"{raw_lm}/valid.txt",
-                "--testpref", f"{raw_lm}/test.txt", "--destdir", bin_lm, "--workers", "1",
-            ],
-            os.path.join(bin_lm, "preprocess.log"),
-        )
-        mark_done(bin_lm)
+    for name, dest, flags in (
+        ("translation", bin_mt, ["--source-lang", "src", "--target-lang", "tgt", "--joined-dictionary",
+                                 "--trainpref", f"{raw_mt}/train", "--validpref", f"{raw_mt}/valid",
+                                 "--testpref", f"{raw_mt}/test"]),
+        ("language model", bin_lm, ["--only-source", "--trainpref", f"{raw_lm}/train.txt",
+                                    "--validpref", f"{raw_lm}/valid.txt", "--testpref", f"{raw_lm}/test.txt"]),
+    ):
+        outputs = [os.path.join(dest, "preprocess.log")]
+        if steps.done(os.path.basename(dest), key, outputs):
+            info(f"{name}: already done")
+            continue
+        shutil.rmtree(dest, ignore_errors=True)
+        os.makedirs(dest)
+        run_logged(fairseq("preprocess") + [*flags, "--destdir", dest, "--workers", "1"], outputs[0])
+        steps.mark(os.path.basename(dest), key, outputs)
     return {"mt": bin_mt, "lm": bin_lm, "raw_mt": raw_mt}
 
 
@@ -242,95 +181,96 @@ def bleu_from_generate(gen_path: str) -> dict:
 
 def train_runs(out: str, prefix: str, names: List[str], train_cmd) -> None:
     """fairseq-train one run per attention under outputs/<run>; finished runs are skipped and
-    an interrupted one resumes from its checkpoint_last.pt."""
+    an interrupted one resumes from its checkpoint_last.pt (``common.train_once``)."""
     for name in names:
         label, flags = ATTENTIONS[name]
         run = os.path.join(out, "runs", f"{prefix}_{name}")
         os.makedirs(run, exist_ok=True)
         cmd = train_cmd(os.path.join(run, "checkpoints"), flags)
         print(f"--- {label}: {' '.join(flags)}", flush=True)
-        if is_done(run, cmd):
-            info("already trained")
-            continue
         with open(os.path.join(run, "train_command.sh"), "w") as f:
             f.write(shlex.join(cmd) + "\n")
-        if os.path.exists(os.path.join(run, "checkpoints", "checkpoint_last.pt")):
-            info("resuming from checkpoint_last.pt (fairseq continues where it stopped)")
-        for stale in ("bleu.json", "ppl.json"):  # results of an earlier training run
-            if os.path.exists(os.path.join(run, stale)):
-                os.remove(os.path.join(run, stale))
-        run_logged(cmd, os.path.join(run, "train.log"))
-        mark_done(run, {"cmd": cmd})
+        env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        if common.train_once(cmd, os.path.join(run, "checkpoints"), common.key_of(cmd), name=label, tag="demo",
+                             log_path=os.path.join(run, "train.log"), env=env, cwd=ROOT, echo=False,
+                             progress=progress):
+            for stale in ("bleu.json", "ppl.json"):  # results of an earlier training run
+                if os.path.exists(os.path.join(run, stale)):
+                    os.remove(os.path.join(run, stale))
+
+
+def test_cmd(tool: str, data: str, run: str, *flags: str) -> List[str]:
+    """A fairseq CLI on the test split with the run's best checkpoint."""
+    best = os.path.join(run, "checkpoints", "checkpoint_best.pt")
+    return fairseq(tool) + [data, "--user-dir", USER_DIR, "--path", best, "--gen-subset", "test", *flags]
+
+
+def evaluate_runs(out: str, prefix: str, names: List[str], what: str, cmd_of, score, describe) -> Dict[str, dict]:
+    """One fairseq evaluation per trained run; its ``<what>.json`` (deleted when the run is
+    retrained) holds the result, so a rerun skips it. ``cmd_of(run)`` -> (command, log);
+    ``score(run, log)`` -> the result; ``describe(result)`` -> what to print."""
+    results = {}
+    for name in names:
+        label, _ = ATTENTIONS[name]
+        run = os.path.join(out, "runs", f"{prefix}_{name}")
+        res_path = os.path.join(run, f"{what}.json")
+        if os.path.exists(res_path):
+            with open(res_path) as f:
+                results[name] = json.load(f)
+            info(f"{label}: {describe(results[name], done=True)}")
+            continue
+        cmd, log = cmd_of(run)
+        for stale in (log, os.path.join(run, "generate.txt")):
+            if os.path.exists(stale):
+                os.remove(stale)
+        with open(os.path.join(run, f"{os.path.basename(log)[:-4]}_command.sh"), "w") as f:
+            f.write(shlex.join(cmd) + "\n")
+        run_logged(cmd, log)
+        res = score(run, log)
+        with open(res_path, "w") as f:
+            json.dump(res, f, indent=1)
+        results[name] = res
+        info(f"{label}: {describe(res, done=False)}")
+    return results
 
 
 def stage_mt(out: str, data: str, names: List[str], epochs: int) -> Dict[str, dict]:
-    results = {}
     banner(f"3/6 translation: fairseq-train arch fwp_transformer ({', '.join(names)}; {epochs} epochs each)")
     train_runs(out, "mt", names, lambda ckpt, flags: mt_train_cmd(data, ckpt, flags, epochs))
     banner("4/6 translation: fairseq-generate (beam 4) + sacreBLEU on test")
-    for name in names:
-        label, _ = ATTENTIONS[name]
-        run = os.path.join(out, "runs", f"mt_{name}")
-        res_path = os.path.join(run, "bleu.json")
-        if os.path.exists(res_path):
-            with open(res_path) as f:
-                results[name] = json.load(f)
-            info(f"{label}: BLEU {results[name]['bleu']} (already done)")
-            continue
+
+    def cmd_of(run):
+        return test_cmd("generate", data, run, "--beam", "4", "--batch-size", "100", "--cpu", "--results-path", run,
+                        # fairseq 0.12 drops a last batch of < 8 (fairseq#5036)
+                        "--required-batch-size-multiple", "1"), os.path.join(run, "generate.log")
+
+    def score(run, log):
         gen_path = os.path.join(run, "generate.txt")
-        if os.path.exists(gen_path):
-            os.remove(gen_path)
-        cmd = fairseq("generate") + [
-            data, "--user-dir", USER_DIR, "--path", os.path.join(run, "checkpoints", "checkpoint_best.pt"),
-            "--gen-subset", "test", "--beam", "4", "--batch-size", "100", "--cpu", "--results-path", run,
-            "--required-batch-size-multiple", "1",  # fairseq 0.12 drops a last batch of < 8 (fairseq#5036)
-        ]
-        with open(os.path.join(run, "generate_command.sh"), "w") as f:
-            f.write(shlex.join(cmd) + "\n")
-        run_logged(cmd, os.path.join(run, "generate.log"))
         os.replace(os.path.join(run, "generate-test.txt"), gen_path)
-        res = bleu_from_generate(gen_path)
-        with open(res_path, "w") as f:
-            json.dump(res, f, indent=1)
-        results[name] = res
-        info(f"{label}: BLEU {res['bleu']}, exact match {res['exact_match']}%")
-    return results
+        return bleu_from_generate(gen_path)
+
+    return evaluate_runs(out, "mt", names, "bleu", cmd_of, score, lambda r, done: f"BLEU {r['bleu']}" + (
+        " (already done)" if done else f", exact match {r['exact_match']}%"))
 
 
 def stage_lm(out: str, data: str, names: List[str], epochs: int) -> Dict[str, dict]:
-    results = {}
     banner(f"5/6 language model: fairseq-train arch fwp_lm ({', '.join(names)}; {epochs} epochs each)")
     train_runs(out, "lm", names, lambda ckpt, flags: lm_train_cmd(data, ckpt, flags, epochs))
     banner("6/6 language model: fairseq-eval-lm on test")
-    for name in names:
-        label, _ = ATTENTIONS[name]
-        run = os.path.join(out, "runs", f"lm_{name}")
-        res_path = os.path.join(run, "ppl.json")
-        if os.path.exists(res_path):
-            with open(res_path) as f:
-                results[name] = json.load(f)
-            info(f"{label}: perplexity {results[name]['ppl']} (already done)")
-            continue
-        log = os.path.join(run, "eval_lm.log")
-        if os.path.exists(log):
-            os.remove(log)
-        cmd = fairseq("eval_lm") + [
-            data, "--user-dir", USER_DIR, "--path", os.path.join(run, "checkpoints", "checkpoint_best.pt"),
-            "--gen-subset", "test", "--tokens-per-sample", "64", "--max-tokens", "2048", "--cpu",
-        ]
-        with open(os.path.join(run, "eval_lm_command.sh"), "w") as f:
-            f.write(shlex.join(cmd) + "\n")
-        run_logged(cmd, log)
+
+    def cmd_of(run):
+        return test_cmd("eval_lm", data, run, "--tokens-per-sample", "64", "--max-tokens", "2048",
+                        "--cpu"), os.path.join(run, "eval_lm.log")
+
+    def score(run, log):
         with open(log) as f:
             m = re.findall(r"Loss \(base 2\): ([0-9.]+), Perplexity: ([0-9.]+|inf|nan)", f.read())
         if not m:
-            raise SystemExit(f"no perplexity found in {log}")
-        res = {"loss_base2": float(m[-1][0]), "ppl": float(m[-1][1])}
-        with open(res_path, "w") as f:
-            json.dump(res, f, indent=1)
-        results[name] = res
-        info(f"{label}: perplexity {res['ppl']}")
-    return results
+            raise common.RecipeError(f"no perplexity found in {log}")
+        return {"loss_base2": float(m[-1][0]), "ppl": float(m[-1][1])}
+
+    return evaluate_runs(out, "lm", names, "ppl", cmd_of, score,
+                         lambda r, done: f"perplexity {r['ppl']}" + (" (already done)" if done else ""))
 
 
 def dict_size(data: str) -> int:
@@ -369,8 +309,8 @@ def summary(out: str, mt: Dict[str, dict], lm: Dict[str, dict], lm_data: str, el
     return text
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def main(argv) -> int:
+    p = argparse.ArgumentParser(prog="demo.sh", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default=os.path.join(ROOT, "outputs", "demo"), help="output folder")
     p.add_argument("--fresh", action="store_true", help="delete --out first and redo every stage")
@@ -381,7 +321,7 @@ def main(argv=None) -> int:
     p.add_argument("--lm-train", type=int, default=5000, help="LM training sentences")
     p.add_argument("--skip-lm", action="store_true")
     p.add_argument("--skip-mt", action="store_true")
-    a = p.parse_args(argv)
+    a = common.parse_args(p, argv)
     names = [n.strip() for n in a.models.split(",") if n.strip()]
     bad = [n for n in names if n not in ATTENTIONS]
     if bad:
@@ -399,5 +339,4 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+COMMANDS = {"run": main}

@@ -1,8 +1,9 @@
-#!/usr/bin/env python
 """Sweeps of the synthetic associative retrieval task (paper Sec. 6.1, Fig. 2, 3 and 5).
 
-    python recipes/synthetic/sweep.py capacity      [--quick] [--jobs N] [--out DIR] ...
-    python recipes/synthetic/sweep.py update_rules  [--quick] [--jobs N] [--out DIR] ...
+    python recipes/launch.py synthetic capacity      [--quick] [--jobs N] [--out DIR] ...
+    python recipes/launch.py synthetic update_rules  [--quick] [--jobs N] [--out DIR] ...
+
+(``recipes/synthetic/{capacity,update_rules,quick}.sh`` call these and draw the figures.)
 
 Every run is one ``fairseq-train`` (``python -m fairseq_cli.train``) of
 ``--task associative_retrieval --arch fwp_retrieval --criterion retrieval_mse`` with the
@@ -12,7 +13,7 @@ new best, at most 100k updates. Layout under ``--out`` (default ``outputs/synthe
 
     <setting>/<model>/S<S>/history.csv   one row per evaluation (written by the task)
     <setting>/<model>/S<S>/train.log     fairseq-train's output
-    <setting>/<model>/S<S>/final.csv     the run's result; its presence marks the run done
+    <setting>/<model>/S<S>/final.csv     the run's result (marked done in .steps/, as every recipe step)
     <setting>/results.csv                all final rows of the setting (rewritten at the end)
 
 Finished runs are skipped, so an interrupted sweep resumes where it stopped (``--force``
@@ -25,16 +26,15 @@ import csv
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, NamedTuple, Optional
 
 from fairseq_fwp import presets
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-USER_DIR = os.path.join(REPO, "fairseq_fwp")
+from . import common
+
+REPO = str(common.REPO)
 STOP_LOSS = 0.001
 FINAL_FIELDS = [
     "setting", "model", "num_keys", "seq_len", "d_key", "final_loss", "best_loss", "final_accuracy",
@@ -109,7 +109,7 @@ class Job(NamedTuple):
 
 def fairseq_command(job: Job, device: str, seed: int) -> List[str]:
     cmd = [
-        sys.executable, "-m", "fairseq_cli.train", "--user-dir", USER_DIR,
+        *common.fairseq_cmd("train"), "--user-dir", common.USER_DIR,
         "--task", "associative_retrieval", "--num-keys", str(job.num_keys), "--d-key", str(job.d_key),
         "--eval-sequences", "20", "--results-csv", os.path.join(job.run_dir, "history.csv"),
         "--arch", "fwp_retrieval", *job.flags,
@@ -172,29 +172,25 @@ def write_rows(path: str, rows: List[dict]) -> None:
 
 
 def run_job(job: Job, device: str, threads: int, seed: int, force: bool) -> str:
+    cmd = fairseq_command(job, device, seed)
+    steps = common.Steps(job.run_dir)
     final_path = os.path.join(job.run_dir, "final.csv")
-    if os.path.exists(final_path) and not force:
+    key = common.key_of(cmd)
+    if steps.done("final", key, [final_path]) and not force:
         return f"skip  {job.model} S={job.num_keys} (done)"
     if os.path.isdir(job.run_dir):
         shutil.rmtree(job.run_dir)  # a half-finished run starts over
     os.makedirs(job.run_dir)
-    env = dict(os.environ)
-    if device == "cpu":
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    cmd = fairseq_command(job, device, seed)
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if device == "cpu" else None
     start = time.time()
     log_path = os.path.join(job.run_dir, "train.log")
-    with open(log_path, "w") as log:
-        log.write(" ".join(cmd) + "\n")
-        log.flush()
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    with open(log_path) as log:
-        text = log.read()
+    rc, text = common.execute(cmd, log=log_path, env=env, cwd=REPO, echo=False)
     row = summarize(job, rc, text, time.time() - start, device)
     if row is None:
         tail = "\n".join(text.splitlines()[-15:])
         return f"FAIL  {job.model} S={job.num_keys} (rc={rc}, see {log_path}):\n{tail}"
     write_rows(final_path, [row])
+    steps.mark("final", key, [final_path])
     return (f"done  {job.model:18s} S={job.num_keys:4d} loss={row['final_loss']:.6f} "
             f"acc={row['final_accuracy']:.1f} updates={row['num_updates']} {row['status']} ({row['seconds']}s)")
 
@@ -214,8 +210,9 @@ def collect(out_dir: str, setting: str) -> List[dict]:
     return rows
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv) -> int:
+    p = argparse.ArgumentParser(prog="launch.py synthetic", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("setting", choices=sorted(SETTINGS), help="capacity = setting 1 (Fig. 2); update_rules = setting 2 (Fig. 3, 5)")
     p.add_argument("--quick", action="store_true", help="CPU scale: d_key 16, S <= 64, <= 2000 updates per run")
     p.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", "1")), help="parallel runs (env JOBS)")
@@ -228,7 +225,7 @@ def main(argv=None):
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--force", action="store_true", help="rerun finished runs")
     p.add_argument("--list", action="store_true", help="print the runs and their commands, run nothing")
-    args = p.parse_args(argv)
+    args = common.parse_args(p, argv)
 
     if args.jobs < 1:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
@@ -272,11 +269,14 @@ def main(argv=None):
         return 0
     print(f"{args.setting} ({scale}): {len(jobs)} runs, {args.jobs} at a time on {device}, results in {out_dir}",
           flush=True)
-    failures = 0
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for msg in pool.map(lambda j: run_job(j, device, threads, args.seed, args.force), jobs):
-            failures += msg.startswith("FAIL")
-            print(msg, flush=True)
+    messages = []
+
+    def one(job):
+        messages.append(run_job(job, device, threads, args.seed, args.force))
+        print(messages[-1], flush=True)
+
+    common.run_all(one, jobs, args.jobs)
+    failures = sum(m.startswith("FAIL") for m in messages)
     rows = collect(out_dir, args.setting)
     results = os.path.join(out_dir, args.setting, "results.csv")
     write_rows(results, rows)
@@ -287,5 +287,4 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+COMMANDS = {setting: (lambda argv, setting=setting: main([setting, *argv])) for setting in SETTINGS}
