@@ -2,7 +2,7 @@
 """Figures of the synthetic associative retrieval sweeps (paper Fig. 2, 3 and 5).
 
 Capacity plots (Fig. 2 / 5): final evaluation loss against S, one line per model, log y;
-one panel per results CSV (``recipes/synthetic/sweep.py`` writes them)::
+one panel per results CSV (``recipes/fwp_recipes/synthetic.py`` writes them)::
 
     python scripts/plot_retrieval.py results/synthetic/capacity/results.csv -o capacity.png
     python scripts/plot_retrieval.py cap.csv rules.csv -o both.png --title "Setting 1" --title "Setting 2"
@@ -126,7 +126,7 @@ def plot_curves(ax, folder: str, num_keys: int, title: str, logy: bool) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", nargs="*", help="results CSV(s) of sweep.py; one panel each")
+    p.add_argument("results", nargs="*", help="results CSV(s) of the synthetic recipe; one panel each")
     p.add_argument("-o", "--output", required=True, help="PNG file to write")
     p.add_argument("--title", action="append", default=[], help="panel title (repeat per panel)")
     p.add_argument("--metric", default="final_loss", help="column to plot: final_loss (default, as the "
