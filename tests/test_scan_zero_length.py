@@ -33,12 +33,17 @@ def test_zero_tokens_give_no_output_and_the_initial_state(rule, attn_norm):
         assert (state.z is None) if not attn_norm else torch.equal(state.z, init.z), impl
 
 
+@pytest.mark.parametrize("attn_norm", [False, True])
 @pytest.mark.parametrize("rule", ["sum", "delta"])
-def test_zero_tokens_without_initial_state_give_a_zero_state(rule):
+def test_zero_tokens_without_initial_state_give_a_zero_state(rule, attn_norm):
     q, k, v, beta = empty_inputs()
     out, state = fast_weight_scan(q, k, v, beta if rule == "delta" else None, rule=rule, impl="chunk",
-                                  output_final_state=True)
+                                  attn_norm=attn_norm, output_final_state=True)
     assert out.shape == (0, B, H, V) and torch.equal(state.S, torch.zeros(B, H, K, V, dtype=torch.float64))
+    if attn_norm:  # the normaliser too: z = 0, as a scan that then continues from it expects
+        assert torch.equal(state.z, torch.zeros(B, H, K, dtype=torch.float64))
+    else:
+        assert state.z is None
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -217,7 +217,12 @@ def fast_weight_scan(
     final = None
     if output_final_state:
         if attn_norm:
-            z_final = z_incl[-1] if q.shape[0] else initial_state.z
+            if q.shape[0]:
+                z_final = z_incl[-1]
+            elif initial_state is not None and initial_state.z is not None:
+                z_final = initial_state.z
+            else:  # no tokens and no normaliser yet: z = 0 (as the step-by-step path starts)
+                z_final = q.new_zeros(q.shape[1:], dtype=z_incl.dtype)
         else:
             z_final = None
         final = FastWeightState(S, z_final)
