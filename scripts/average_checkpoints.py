@@ -26,7 +26,7 @@ Errors (missing files, too few checkpoints in a dir, mismatched keys or shapes) 
 reported with the offending file and keys, and nothing is written.
 
 Loads with torch's safe ``weights_only`` unpickler plus the allowlist of
-``fairseq_fwp.checkpoint_compat`` (needed for torch >= 2.6).
+``fairseq_fwp.compat.checkpoint_compat`` (needed for torch >= 2.6).
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ class AverageError(Exception):
 
 def _allow_fairseq_checkpoints() -> None:
     try:
-        from fairseq_fwp.checkpoint_compat import allow_fairseq_checkpoints
+        from fairseq_fwp.compat.checkpoint_compat import allow_fairseq_checkpoints
     except ImportError:  # running from a checkout without installing
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-        from fairseq_fwp.checkpoint_compat import allow_fairseq_checkpoints
+        from fairseq_fwp.compat.checkpoint_compat import allow_fairseq_checkpoints
     allow_fairseq_checkpoints()
 
 

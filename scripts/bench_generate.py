@@ -108,7 +108,7 @@ def main():
     # a corpus whose test split has `sentences` sources of exactly src_len words
     data = out / "data"
     if not (data / "bin" / "dict.src.txt").is_file():
-        from fairseq_fwp.toy_data import write_translation_corpus
+        from fairseq_fwp.data.toy_data import write_translation_corpus
 
         write_translation_corpus(str(data / "raw"), task="copy", sizes=(64, 8, a.sentences), vocab_size=100,
                                  min_len=a.src_len, max_len=a.src_len, seed=5)

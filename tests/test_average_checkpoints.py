@@ -83,7 +83,7 @@ def test_command_line(tmp_path):
 
 
 def load(path):
-    from fairseq_fwp.checkpoint_compat import allow_fairseq_checkpoints
+    from fairseq_fwp.compat.checkpoint_compat import allow_fairseq_checkpoints
 
     allow_fairseq_checkpoints()
     return torch.load(path, map_location="cpu")  # weights_only (torch's default) + allowlist

@@ -1,12 +1,12 @@
-"""--bf16 without a TPU (fairseq_fwp.bf16_compat): fairseq 0.12 turns --bf16 into --tpu, and
+"""--bf16 without a TPU (fairseq_fwp.compat.bf16_compat): fairseq 0.12 turns --bf16 into --tpu, and
 its Trainer then fails on a GPU or CPU with "'NoneType' object has no attribute
 'xla_device'" (found on an H200). With the plugin, bf16 training runs on the device asked for."""
 
 import argparse
 import torch
 
-from fairseq_fwp import toy_data
-from fairseq_fwp.bf16_compat import bf16_without_implied_tpu
+from fairseq_fwp.data import toy_data
+from fairseq_fwp.compat.bf16_compat import bf16_without_implied_tpu
 
 from test_cli import USER_DIR, fairseq
 

@@ -1,7 +1,7 @@
 """End-to-end tests of the fairseq command lines with the plugin (``--user-dir fairseq_fwp``).
 
 The fairseq CLIs run as subprocesses (``sys.executable -m fairseq_cli.train`` ...) on
-tiny corpora from ``fairseq_fwp.toy_data`` written into tmp dirs. Each test takes
+tiny corpora from ``fairseq_fwp.data.toy_data`` written into tmp dirs. Each test takes
 well under a minute or two on 2 CPU cores. They also cover checkpoint loading under
 torch >= 2.6 (weights-only unpickling): generate, eval-lm, resuming and averaging all
 read checkpoints written by fairseq-train.
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import fairseq_fwp
-from fairseq_fwp import toy_data
+from fairseq_fwp.data import toy_data
 
 ROOT = Path(__file__).resolve().parents[1]
 USER_DIR = str(Path(fairseq_fwp.__file__).resolve().parent)

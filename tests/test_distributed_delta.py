@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import fairseq_fwp
-from fairseq_fwp import toy_data
+from fairseq_fwp.data import toy_data
 
 ROOT = Path(__file__).resolve().parents[1]
 USER_DIR = str(Path(fairseq_fwp.__file__).resolve().parent)

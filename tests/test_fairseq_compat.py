@@ -1,10 +1,10 @@
 """fairseq 0.12 in today's environment, end to end through the CLI (as tests/test_cli.py):
 
-* numpy 2 (``fairseq_fwp.numpy_compat``): ``--sample-break-mode eos`` in LM training,
+* numpy 2 (``fairseq_fwp.compat.numpy_compat``): ``--sample-break-mode eos`` in LM training,
   fairseq-eval-lm and fairseq-generate, LM fairseq-interactive, ``--num-batch-buckets``;
 * ``--tensorboard-logdir`` writes event files (tensorboardX from the ``tensorboard`` extra);
 * a bad ``--fwp-*`` setting ends fairseq-train / -eval-lm / -generate with one short line
-  (``fairseq_fwp.cli_errors``), while other errors keep their traceback.
+  (``fairseq_fwp.compat.cli_errors``), while other errors keep their traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import fairseq_fwp  # noqa: F401  (installs the compatibility layer)
-from fairseq_fwp import numpy_compat, toy_data
+from fairseq_fwp.compat import numpy_compat
+from fairseq_fwp.data import toy_data
 from test_cli import DELTA, ENV, ROOT, USER_DIR, fairseq
 
 NUMPY2 = int(np.__version__.split(".")[0]) >= 2

@@ -1,6 +1,6 @@
 """The --fwp-* flags that depend on the model: --fwp-replace (which attentions the model has),
 --fwp-dpfp-nu (the head size d_key), the warning for the delta rule without --fwp-sum-norm,
-and how configuration errors reach the user (fairseq_fwp.cli_errors). In-process, cheap."""
+and how configuration errors reach the user (fairseq_fwp.compat.cli_errors). In-process, cheap."""
 
 import logging
 import traceback
@@ -10,7 +10,8 @@ import torch
 from fairseq.modules import MultiheadAttention
 from torch.multiprocessing.spawn import ProcessRaisedException
 
-from fairseq_fwp import cli_errors, config
+from fairseq_fwp import config
+from fairseq_fwp.compat import cli_errors
 from fairseq_fwp.config import check_dpfp_nu, dpfp_distinct_columns, max_dpfp_nu
 from fairseq_fwp.modules.fast_weight_attention import FastWeightAttention
 from fairseq_fwp.modules.feature_maps import Dpfp

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from fairseq.dataclass.configs import EMAConfig
 from fairseq.models.ema import build_ema
 
-from fairseq_fwp import toy_data
+from fairseq_fwp.data import toy_data
 from fairseq_fwp.modules import FastWeightAttention
 from fairseq_fwp.modules.feature_maps import Favor, unaveraged_state_keys
 from fwp_helpers import FEATURE_MAPS, random_tokens, tiny_lm, tiny_translation_model
@@ -330,5 +330,5 @@ def test_cli_print_alignment_with_delta_rule_fails_before_decoding(cli):
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=ENV_TIMEOUT)
     assert p.returncode != 0
     assert "--fwp-update-rule delta" in p.stderr and "--fwp-replace" in p.stderr, p.stderr[-3000:]
-    assert "Traceback" not in p.stderr  # a configuration error: one line (fairseq_fwp/cli_errors.py)
+    assert "Traceback" not in p.stderr  # a configuration error: one line (fairseq_fwp/compat/cli_errors.py)
     assert "H-" not in p.stdout

@@ -44,8 +44,8 @@ import torch
 from fairseq.data import Dictionary, indexed_dataset
 from fairseq.sequence_scorer import SequenceScorer
 
-from fairseq_fwp import toy_data
-from fairseq_fwp.lm_streams import LMStreamDataset
+from fairseq_fwp.data import toy_data
+from fairseq_fwp.data.lm_streams import LMStreamDataset
 from test_lm_state import setup
 
 L, B, EPOCHS = 16, 8, 3

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from fairseq.data.indexed_dataset import MMapIndexedDataset
 
-from fairseq_fwp import cli_errors
+from fairseq_fwp.compat import cli_errors
 from test_lm_state import DELTA, TINY, USER_DIR, write_lm_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +167,7 @@ def test_spawned_worker_config_errors_are_one_line():
     text = ("Traceback (most recent call last):\n"
             f'  File "{cli_errors.PACKAGE_DIR}/tasks/fwp_language_modeling.py", line 1, in get_batch_iterator\n'
             "    raise FwpConfigError(\n"
-            "fairseq_fwp.cli_errors.FwpConfigError: --max-tokens 20 would split the train batches\n")
+            "fairseq_fwp.compat.cli_errors.FwpConfigError: --max-tokens 20 would split the train batches\n")
     spawned = ProcessRaisedException("\n\n-- Process 0 terminated with the following error:\n" + text, 0, 4242)
     assert cli_errors.fwp_error_message(spawned) == "--max-tokens 20 would split the train batches"
     try:

@@ -44,8 +44,8 @@ from fairseq.tasks import register_task
 from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
 from fairseq.utils import safe_getattr
 
-from ..cli_errors import FwpConfigError, fairseq_command
-from ..lm_streams import LMStreamDataset, flatten_indexed_dataset, score_last_positions
+from ..compat.cli_errors import FwpConfigError, fairseq_command
+from ..data.lm_streams import LMStreamDataset, flatten_indexed_dataset, score_last_positions
 from ..models.encoder_decoder import detach_fast_weight_state
 
 logger = logging.getLogger(__name__)

@@ -94,7 +94,7 @@ def default_precision() -> str:
 
     bf16 has float32's exponent range, so no loss-scale overflows in the fast weight sums,
     FAVOR+'s exp features or a large softmax; fairseq 0.12's --bf16 no longer implies
-    --tpu once the plugin is imported (``fairseq_fwp.bf16_compat``)."""
+    --tpu once the plugin is imported (``fairseq_fwp.compat.bf16_compat``)."""
     try:
         import torch
 

@@ -3,7 +3,7 @@
 Run through ``bash scripts/demo.sh`` (which sets up the environment first, then runs
 ``recipes/launch.py demo run``). Stages:
 
-1. data        synthetic corpora (fairseq_fwp.toy_data): "translation" = reverse the
+1. data        synthetic corpora (fairseq_fwp.data.toy_data): "translation" = reverse the
                sentence and map every word through a fixed lexicon; LM = sentences
                of a small agreement grammar
 2. preprocess  fairseq-preprocess (joined dictionary for translation)
@@ -34,7 +34,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from fairseq_fwp import presets, toy_data
+from fairseq_fwp import presets
+from fairseq_fwp.data import toy_data
 
 from . import common
 

@@ -19,9 +19,9 @@ from .train import train
 
 def toy_articles(n_articles: int, seed: int, sentences: Tuple[int, int] = (8, 30)) -> str:
     """Text laid out like WikiText-103's token files: ' = Title = ' headings, ' = = Section
-    = = ' subheadings, paragraphs of sentences from fairseq_fwp.toy_data's grammar, blank
+    = = ' subheadings, paragraphs of sentences from fairseq_fwp.data.toy_data's grammar, blank
     lines between, every line starting with a space."""
-    from fairseq_fwp.toy_data import lm_sentences
+    from fairseq_fwp.data.toy_data import lm_sentences
 
     rng = random.Random(seed)
     out = [" \n"]

@@ -47,14 +47,14 @@ TOY_DE = tuple(_TOY_DE[[(7 * j + 3) % 16 for j in range(16)].index(k)] for k in 
 def write_fake_archives(out: Path, train_pairs: int = 3000, valid: int = 100, test: int = 103,
                         task: str = "copy", max_len: int = 8, seed: int = 1) -> Dict[str, int]:
     """The five archives with the real names and inner layout (tgz, .sgm for the test sets),
-    filled with ``fairseq_fwp.toy_data`` pairs written as sentences through a 16-word
+    filled with ``fairseq_fwp.data.toy_data`` pairs written as sentences through a 16-word
     lexicon ("E-mail friend day." -> "E-mail freund tag."): capitals, punctuation, a
     hyphenated word (Moses' ``@-@``, compound splitting) and a non-ASCII letter.
 
     The training text also holds pairs that cleaning must drop (an empty side, a length
     ratio above 1.5); Europarl, CommonCrawl and News Commentary share the pairs.
     Returns the counts a prepare run must find."""
-    from fairseq_fwp.toy_data import translation_pairs
+    from fairseq_fwp.data.toy_data import translation_pairs
 
     def sentence(words: str, lexicon) -> str:
         w = [lexicon[int(x[1:])] for x in words.split()]

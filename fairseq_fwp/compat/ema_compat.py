@@ -25,7 +25,7 @@ final ``layer_norm`` (pre-LN models such as ``fwp_lm``: the EMA model silently l
 model's own ``version`` buffers through.
 """
 
-from .modules.feature_maps import unaveraged_state_keys
+from ..modules.feature_maps import unaveraged_state_keys
 
 
 def patch_fairseq_ema() -> None:

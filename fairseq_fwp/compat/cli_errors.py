@@ -32,7 +32,7 @@ import sys
 import traceback
 from typing import Optional
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # fairseq_fwp/
 BUILD_FUNCTIONS = ("build_model", "setup_task", "prepare_for_inference_")  # the last: generate/interactive flags (--print-alignment)
 HINT = "fairseq-fwp: invalid configuration (FWP_TRACEBACK=1 shows the traceback)"
 
